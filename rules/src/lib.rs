@@ -1,0 +1,26 @@
+//! # parkguard-rules
+//!
+//! The domain model of a chemical-park monitoring system and (in later modules) its alarm
+//! engine. This crate is **pure**: it does no I/O, spawns nothing and never reads the clock
+//! (`clippy.toml` forbids `SystemTime::now` and `Instant::now`). Every function that needs
+//! time takes `now` as an argument, so live monitoring, replay, drills and backtests give
+//! exactly the same alarms for the same inputs.
+//!
+//! - [`units`]: engineering units, gases and their GB/T 50493 data, ppm ↔ mg/m³ conversion.
+//! - [`model`]: enterprises, points, readings, quality, limits.
+//! - [`defaults`]: default alarm limits per point kind and gas (GB/T 50493-2019, DOMAIN.md §2).
+//! - [`time`]: the timestamp type every reading carries.
+//! - [`table`]: every point of the park, by id and by tag.
+
+pub mod defaults;
+pub mod model;
+pub mod table;
+pub mod time;
+pub mod units;
+
+pub use model::{
+    AlarmLimits, Enterprise, GeoPoint, LimitDirection, Point, PointId, PointKind, Quality, Reading,
+};
+pub use table::PointTable;
+pub use time::Timestamp;
+pub use units::{Gas, Unit};

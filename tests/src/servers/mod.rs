@@ -1,0 +1,2 @@
+//! Starters for the real servers the tests talk to. Each returns a [`crate::Server`]
+//! whose PID was seen listening on its port.
