@@ -12,12 +12,14 @@
 //! - [`time`]: the timestamp type every reading carries.
 //! - [`table`]: every point of the park, by id and by tag.
 
+pub mod config_error;
 pub mod defaults;
 pub mod model;
 pub mod table;
 pub mod time;
 pub mod units;
 
+pub use config_error::FieldError;
 pub use model::{
     AlarmLimits, Enterprise, GeoPoint, LimitDirection, Point, PointId, PointKind, Quality, Reading,
 };
