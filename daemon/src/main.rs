@@ -1,1 +1,78 @@
-fn main() {}
+//! The `parkguard` binary: a thin CLI over the `parkguard` library.
+
+use anyhow::Result;
+use clap::Parser;
+use parkguard::cli::{Cli, Command, LogFormat};
+use parkguard::config;
+use std::process::ExitCode;
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { files } => check_config(&files),
+        Command::ConfigSchema => {
+            println!("{}", parkguard::config::schema_json());
+            ExitCode::SUCCESS
+        }
+        Command::Run { config } => {
+            init_logging(cli.log_format);
+            exit(parkguard::run::run_file(&config))
+        }
+        Command::Demo {
+            listen,
+            data_dir,
+            print_config,
+        } => {
+            if print_config {
+                print!("{}", parkguard::demo::DEMO_CONFIG);
+                return ExitCode::SUCCESS;
+            }
+            init_logging(cli.log_format);
+            exit(parkguard::demo::run(listen, data_dir))
+        }
+    }
+}
+
+fn exit(r: Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("parkguard: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exit 2 on any error, 0 when every file is valid.
+fn check_config(files: &[std::path::PathBuf]) -> ExitCode {
+    let mut bad = 0usize;
+    for f in files {
+        match config::load_file(f) {
+            Ok(cfg) => println!("{}: ok: {}", f.display(), cfg.summary()),
+            Err(errors) => {
+                for e in &errors {
+                    eprintln!("{e}");
+                }
+                eprintln!("{}: {} error(s)", f.display(), errors.len());
+                bad += 1;
+            }
+        }
+    }
+    if bad > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,62 @@
+//! Command-line interface.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// parkguard — park-level safety monitoring for chemical industrial parks.
+///
+/// parkguard is a monitoring, recording and linkage layer ABOVE the enterprises' own gas
+/// detection systems (GDS, GB/T 50493 §3.0.8); it never replaces them and must never be
+/// the only path of a safety alarm.
+#[derive(Debug, Parser)]
+#[command(name = "parkguard", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (default). Filter with RUST_LOG.
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon with a park config file.
+    Run {
+        /// The park config (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate config files without starting anything. Prints every error as
+    /// FILE:LINE:COL: message and exits 2 on errors, 0 with a summary when valid.
+    CheckConfig {
+        /// Config files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema of the config file (for editors' TOML support).
+    ConfigSchema,
+    /// Run the embedded demo: simulated park, local storage, console in the browser.
+    Demo {
+        /// Listen address of the console and API.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Data directory (default: a fresh temp dir, removed at exit).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print the demo config and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+}

@@ -1,0 +1,477 @@
+//! Validation: plain config structs → runtime types, every error with its position.
+
+use super::file::*;
+use super::load::{ConfigError, Item, Source, span_of};
+use parkguard_rules::defaults;
+use parkguard_rules::{AlarmLimits, Enterprise, Point, PointId, PointKind, PointTable, Unit};
+use serde_spanned::Spanned;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+use toml::de::DeValue;
+
+/// Sections as deserialized, before validation.
+#[derive(Default)]
+pub(super) struct Raw<'i> {
+    pub park: Option<(ParkSection, Spanned<DeValue<'i>>)>,
+    pub data: Option<DataSection>,
+    pub api: Option<ApiSection>,
+    pub alarm: Option<serde_json::Value>,
+    pub influx: Option<serde_json::Value>,
+    pub enterprises: Vec<Item<'i, EnterpriseEntry>>,
+    pub modbus_devices: Vec<Item<'i, serde_json::Value>>,
+    pub mqtt_brokers: Vec<Item<'i, serde_json::Value>>,
+    pub mqtt_subscriptions: Vec<Item<'i, serde_json::Value>>,
+    pub points: Vec<Item<'i, PointEntry>>,
+    pub vote_groups: Vec<Item<'i, serde_json::Value>>,
+}
+
+/// A validated park configuration: what the daemon runs.
+#[derive(Clone, Debug)]
+pub struct ParkConfig {
+    /// `[park]`.
+    pub park: ParkSection,
+    /// `[data]`.
+    pub data: DataSection,
+    /// `[api]`.
+    pub api: ApiSection,
+    /// Enterprises in file order.
+    pub enterprises: Vec<Enterprise>,
+    /// Every point, ids in file order.
+    pub table: Arc<PointTable>,
+    /// `[alarm]` as written (typed by the engine module).
+    pub alarm: Option<serde_json::Value>,
+    /// `[influx]` as written.
+    pub influx: Option<serde_json::Value>,
+    /// `[[modbus_device]]` as written.
+    pub modbus_devices: Vec<serde_json::Value>,
+    /// `[[mqtt_broker]]` as written.
+    pub mqtt_brokers: Vec<serde_json::Value>,
+    /// `[[mqtt_subscription]]` as written.
+    pub mqtt_subscriptions: Vec<serde_json::Value>,
+    /// `[[vote_group]]` as written.
+    pub vote_groups: Vec<serde_json::Value>,
+}
+
+impl ParkConfig {
+    /// One-line summary for `check-config`.
+    pub fn summary(&self) -> String {
+        let mut by_kind: Vec<(PointKind, usize)> = Vec::new();
+        for p in self.table.points() {
+            match by_kind.iter_mut().find(|(k, _)| *k == p.kind) {
+                Some((_, n)) => *n += 1,
+                None => by_kind.push((p.kind, 1)),
+            }
+        }
+        let kinds: Vec<String> = by_kind
+            .iter()
+            .map(|(k, n)| format!("{n} {}", k.as_str()))
+            .collect();
+        format!(
+            "park `{}` ({}): {} enterprises, {} points ({}), {} Modbus devices, {} MQTT brokers, {} MQTT subscriptions",
+            self.park.id,
+            self.park.name,
+            self.enterprises.len(),
+            self.table.len(),
+            kinds.join(", "),
+            self.modbus_devices.len(),
+            self.mqtt_brokers.len(),
+            self.mqtt_subscriptions.len(),
+        )
+    }
+}
+
+struct Ctx<'s, 'a> {
+    src: &'s Source<'a>,
+    errors: &'s mut Vec<ConfigError>,
+}
+
+impl Ctx<'_, '_> {
+    fn at(&mut self, span: Range<usize>, msg: impl Into<String>) {
+        self.errors.push(self.src.error(Some(span), msg));
+    }
+}
+
+pub(super) fn validate(
+    src: &Source<'_>,
+    root_span: Range<usize>,
+    raw: Raw<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<ParkConfig> {
+    let mut cx = Ctx { src, errors };
+
+    // [park]
+    let park = match &raw.park {
+        Some((p, node)) => {
+            if p.id.is_empty()
+                || !p
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                cx.at(
+                    span_of(node, "id"),
+                    format!(
+                        "park id `{}` must be non-empty ASCII letters, digits, `-` or `_` (it is used in MQTT topics and InfluxDB tags)",
+                        p.id
+                    ),
+                );
+            }
+            if p.timezone != "Asia/Shanghai" {
+                cx.at(
+                    span_of(node, "timezone"),
+                    format!(
+                        "unsupported timezone `{}`: parkguard displays times in Asia/Shanghai",
+                        p.timezone
+                    ),
+                );
+            }
+            Some(p.clone())
+        }
+        None => {
+            cx.at(
+                root_span.start..root_span.start,
+                "missing `[park]` section (id and name of the park)",
+            );
+            None
+        }
+    };
+
+    // [[enterprise]]
+    let mut ent_codes: HashMap<String, usize> = HashMap::new();
+    let mut enterprises = Vec::new();
+    for item in &raw.enterprises {
+        let e = &item.value;
+        if let Some(first) = ent_codes.get(&e.code) {
+            let line = src.error(Some(*first..*first), "").line;
+            cx.at(
+                item.span_of("code"),
+                format!(
+                    "duplicate enterprise code `{}` (first defined on line {line})",
+                    e.code
+                ),
+            );
+            continue;
+        }
+        ent_codes.insert(e.code.clone(), item.span_of("code").start);
+        enterprises.push(Enterprise {
+            code: e.code.clone(),
+            name: e.name.clone(),
+            location: e.location,
+            boundary: e.boundary.clone(),
+        });
+    }
+
+    // [[modbus_device]] ids (typed validation by the Modbus driver module)
+    let mut device_ids: HashMap<String, usize> = HashMap::new();
+    for item in &raw.modbus_devices {
+        match item.value.get("id").and_then(|v| v.as_str()) {
+            Some(id) => {
+                if device_ids.insert(id.to_string(), 0).is_some() {
+                    cx.at(
+                        item.span_of("id"),
+                        format!("duplicate Modbus device id `{id}`"),
+                    );
+                }
+            }
+            None => cx.at(item.span_of(""), "Modbus device needs an `id`"),
+        }
+    }
+
+    // [[point]]
+    let mut tags: HashMap<String, usize> = HashMap::new();
+    let mut points = Vec::with_capacity(raw.points.len());
+    for item in &raw.points {
+        let p = &item.value;
+        let before = cx.errors.len();
+        if p.tag.trim().is_empty() {
+            cx.at(item.span_of("tag"), "tag must not be empty");
+        }
+        if let Some(first) = tags.get(&p.tag) {
+            let line = src.error(Some(*first..*first), "").line;
+            cx.at(
+                item.span_of("tag"),
+                format!("duplicate tag `{}` (first defined on line {line})", p.tag),
+            );
+        } else {
+            tags.insert(p.tag.clone(), item.span_of("tag").start);
+        }
+        if !ent_codes.contains_key(&p.enterprise) {
+            cx.at(
+                item.span_of("enterprise"),
+                format!(
+                    "point `{}` names enterprise `{}`, which no `[[enterprise]]` defines",
+                    p.tag, p.enterprise
+                ),
+            );
+        }
+        let [lo, hi] = p.range;
+        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+            cx.at(
+                item.span_of("range"),
+                format!("range [{lo}, {hi}] must be finite with low < high"),
+            );
+        }
+        let open_path = p.kind == PointKind::Combustible && p.unit == Unit::LelMetre;
+        if p.kind.is_gas() && p.gas.is_none() && !open_path {
+            cx.at(
+                item.span_of("kind"),
+                format!(
+                    "a {} point needs `gas` (e.g. gas = \"h2s\")",
+                    p.kind.as_str()
+                ),
+            );
+        }
+        let mut device = None;
+        if let Some(m) = &p.modbus {
+            match m.get("device").and_then(|d| d.as_str()) {
+                Some(d) if device_ids.contains_key(d) => device = Some(d.to_string()),
+                Some(d) => cx.at(
+                    item.span_of("modbus.device"),
+                    format!("point `{}` reads from Modbus device `{d}`, which no `[[modbus_device]]` defines", p.tag),
+                ),
+                None => cx.at(item.span_of("modbus"), "`modbus` needs `device`"),
+            }
+        }
+        let limits = validate_limits(&mut cx, item, p);
+        if cx.errors.len() > before {
+            continue;
+        }
+        let Some(limits) = limits else { continue };
+        points.push(Point {
+            id: PointId(points.len() as u32),
+            tag: p.tag.clone(),
+            name: p.name.clone(),
+            enterprise: p.enterprise.clone(),
+            device,
+            hazard_installation: p.hazard_installation.clone(),
+            area: p.area.clone(),
+            kind: p.kind,
+            gas: p.gas,
+            unit: p.unit,
+            range_lo: lo,
+            range_hi: hi,
+            limits,
+            expected_interval: p.interval.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
+            location: p.location,
+        });
+    }
+
+    let park = park?;
+    let table = match PointTable::new(points) {
+        Ok(t) => t,
+        Err(e) => {
+            cx.at(root_span.start..root_span.start, e);
+            return None;
+        }
+    };
+    Some(ParkConfig {
+        park,
+        data: raw.data.unwrap_or_default(),
+        api: raw.api.unwrap_or_default(),
+        enterprises,
+        table: Arc::new(table),
+        alarm: raw.alarm,
+        influx: raw.influx,
+        modbus_devices: raw.modbus_devices.into_iter().map(|i| i.value).collect(),
+        mqtt_brokers: raw.mqtt_brokers.into_iter().map(|i| i.value).collect(),
+        mqtt_subscriptions: raw
+            .mqtt_subscriptions
+            .into_iter()
+            .map(|i| i.value)
+            .collect(),
+        vote_groups: raw.vote_groups.into_iter().map(|i| i.value).collect(),
+    })
+}
+
+/// Limits of one point: aliases resolved, units converted, GB/T 50493 defaults filled,
+/// order and range checked.
+fn validate_limits(
+    cx: &mut Ctx<'_, '_>,
+    item: &Item<'_, PointEntry>,
+    p: &PointEntry,
+) -> Option<AlarmLimits> {
+    let l = &p.limits;
+    let before = cx.errors.len();
+    let [lo, hi] = p.range;
+    let span = |k: &str| item.span_of(&format!("limits.{k}"));
+
+    // Aliases.
+    let pick = |cx: &mut Ctx<'_, '_>,
+                a: (&'static str, Option<f64>),
+                b: (&'static str, Option<f64>)|
+     -> Option<(&'static str, f64)> {
+        match (a.1, b.1) {
+            (Some(_), Some(_)) => {
+                cx.at(
+                    span(b.0),
+                    format!("give either `{}` or `{}`, not both", a.0, b.0),
+                );
+                None
+            }
+            (Some(v), None) => Some((a.0, v)),
+            (None, Some(v)) => Some((b.0, v)),
+            (None, None) => None,
+        }
+    };
+    let h = pick(cx, ("level1", l.level1), ("h", l.h));
+    let hh = pick(cx, ("level2", l.level2), ("hh", l.hh));
+    let low = l.l.map(|v| ("l", v));
+    let lowlow = l.ll.map(|v| ("ll", v));
+
+    // Unit conversion of written limits into the point's unit.
+    let from = l.unit.unwrap_or(p.unit);
+    let mut conv_failed = false;
+    let mut convert =
+        |cx: &mut Ctx<'_, '_>, x: Option<(&'static str, f64)>| -> Option<(&'static str, f64)> {
+            let (k, v) = x?;
+            match from.convert(v, p.unit, p.gas) {
+                Ok(c) => Some((k, c)),
+                Err(e) => {
+                    if !conv_failed {
+                        cx.at(
+                            span("unit"),
+                            format!(
+                                "limits in {from} cannot be converted to the point's unit {}: {e}",
+                                p.unit
+                            ),
+                        );
+                        conv_failed = true;
+                    }
+                    None
+                }
+            }
+        };
+    let (h, hh, low, lowlow) = (
+        convert(cx, h),
+        convert(cx, hh),
+        convert(cx, low),
+        convert(cx, lowlow),
+    );
+    if conv_failed {
+        return None;
+    }
+
+    // GB/T 50493 defaults for gas points where the engineer wrote nothing.
+    let (mut h, mut hh, mut low) = (h, hh, low);
+    if p.kind.is_gas() {
+        match defaults::gas_setpoints(p.kind, p.gas, p.unit, hi) {
+            Ok(s) => {
+                if h.is_none() {
+                    h = Some(("level1", s.level1));
+                }
+                if hh.is_none() {
+                    hh = s.level2.map(|v| ("level2", v));
+                }
+                if low.is_none() {
+                    low = s.low.map(|v| ("l", v));
+                }
+            }
+            Err(e) if h.is_none() && hh.is_none() && low.is_none() => {
+                cx.at(
+                    item.span_of("unit"),
+                    format!("no default setpoints: {e}; write `limits`"),
+                );
+            }
+            Err(_) => {}
+        }
+    }
+
+    // Inside the range.
+    for (k, v) in [h, hh, low, lowlow].into_iter().flatten() {
+        if !(lo..=hi).contains(&v) {
+            cx.at(
+                span(k),
+                format!(
+                    "limit `{k}` = {} {} lies outside the measuring range [{lo}, {hi}] {}",
+                    fmt_num(v),
+                    p.unit,
+                    p.unit
+                ),
+            );
+        }
+    }
+    // Order: ll < l < h < hh.
+    let order = [lowlow, low, h, hh];
+    let present: Vec<(&str, f64)> = order.into_iter().flatten().collect();
+    for w in present.windows(2) {
+        let ((ka, a), (kb, b)) = (w[0], w[1]);
+        if a >= b {
+            cx.at(
+                span(kb),
+                format!(
+                    "limit `{ka}` ({}) must be below `{kb}` ({})",
+                    fmt_num(a),
+                    fmt_num(b)
+                ),
+            );
+        }
+    }
+
+    // Deadband.
+    let span_len = hi - lo;
+    let deadband = match (l.deadband, l.deadband_percent) {
+        (Some(_), Some(_)) => {
+            cx.at(
+                span("deadband_percent"),
+                "give either `deadband` or `deadband_percent`, not both",
+            );
+            0.0
+        }
+        (Some(d), None) => match from.convert(d, p.unit, p.gas) {
+            Ok(d) if d >= 0.0 && d < span_len / 2.0 => d,
+            _ => {
+                cx.at(
+                    span("deadband"),
+                    format!("deadband {d} must be ≥ 0 and below half the span"),
+                );
+                0.0
+            }
+        },
+        (None, Some(pct)) if (0.0..50.0).contains(&pct) => pct / 100.0 * span_len,
+        (None, Some(pct)) => {
+            cx.at(
+                span("deadband_percent"),
+                format!("deadband_percent {pct} must be in [0, 50)"),
+            );
+            0.0
+        }
+        (None, None) => defaults::deadband_fraction(p.kind) * span_len,
+    };
+    let on_delay = l
+        .on_delay
+        .map(|d| d.0)
+        .unwrap_or(defaults::on_delay(p.kind));
+    if p.kind.is_gas() && on_delay > Duration::from_secs(30) {
+        cx.at(
+            span("on_delay"),
+            format!(
+                "on_delay {}s on a gas point is too long: gas detectors must alarm within 30 s (GB/T 50493); use 0–5 s",
+                on_delay.as_secs_f64()
+            ),
+        );
+    }
+    let off_delay = l
+        .off_delay
+        .map(|d| d.0)
+        .unwrap_or(defaults::off_delay(p.kind));
+
+    if cx.errors.len() > before {
+        return None;
+    }
+    Some(AlarmLimits {
+        hh: hh.map(|x| x.1),
+        h: h.map(|x| x.1),
+        l: low.map(|x| x.1),
+        ll: lowlow.map(|x| x.1),
+        deadband,
+        on_delay,
+        off_delay,
+    })
+}
+
+fn fmt_num(v: f64) -> String {
+    let s = format!("{v:.4}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}

@@ -1,0 +1,34 @@
+//! `parkguard demo`: the embedded default — a simulated park, local storage and the console
+//! in one process, with no outside servers. The config is `deploy/examples/demo.toml`,
+//! embedded in the binary.
+
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The demo park config (also at `deploy/examples/demo.toml`).
+pub const DEMO_CONFIG: &str = include_str!("../../deploy/examples/demo.toml");
+
+/// Run the demo until SIGTERM/SIGINT.
+pub fn run(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result<()> {
+    let tmp;
+    let dir = match data_dir {
+        Some(d) => d,
+        None => {
+            tmp = tempfile::tempdir().context("cannot create a temp data dir")?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let mut cfg = crate::config::load_str("demo.toml (embedded)", DEMO_CONFIG).map_err(|e| {
+        anyhow::anyhow!(
+            "embedded demo config is invalid (a build defect): {}",
+            e.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?;
+    cfg.data.dir = dir;
+    cfg.api.listen = listen.to_string();
+    crate::run::run_config(cfg)
+}

@@ -1,0 +1,187 @@
+//! The CLI as a user runs it: the real `parkguard` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_parkguard"))
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("daemon/ has a parent")
+        .to_path_buf()
+}
+
+#[test]
+fn planted_mistakes_are_all_reported_with_line_and_column() {
+    let file = root().join("daemon/tests/data/five_mistakes.toml");
+    let out = bin().arg("check-config").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "exit status 2 on errors");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let name = file.display().to_string();
+    let expect = [
+        (17, 1, "unknown field `colour`"),
+        (27, 34, "limit `level1` (30) must be below `level2` (20)"),
+        (30, 7, "duplicate tag `GT-2` (first defined on line 20)"),
+        (
+            36,
+            26,
+            "limit `hh` = 3 MPa lies outside the measuring range [0, 2.5] MPa",
+        ),
+        (
+            41,
+            14,
+            "names enterprise `E9`, which no `[[enterprise]]` defines",
+        ),
+        (45, 28, "cannot be converted to the point's unit MPa"),
+    ];
+    for (line, col, msg) in expect {
+        let prefix = format!("{name}:{line}:{col}: ");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&prefix) && l.contains(msg)),
+            "missing `{prefix}…{msg}` in:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("6 error(s)"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing on stdout for a bad file");
+}
+
+#[test]
+fn every_example_config_passes_check_config() {
+    let dir = root().join("deploy/examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no example configs in {}", dir.display());
+    for f in files {
+        let out = bin().arg("check-config").arg(&f).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{} failed:\n{}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(stdout.contains(": ok: park `"), "{stdout}");
+    }
+}
+
+#[test]
+fn syntax_errors_are_reported_with_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("broken.toml");
+    std::fs::write(&f, "[park]\nid = \"x\"\nname = \"y\n\n[[point]\n").unwrap();
+    let out = bin().arg("check-config").arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let prefix = format!("{}:3:", f.display());
+    assert!(stderr.lines().any(|l| l.starts_with(&prefix)), "{stderr}");
+}
+
+#[test]
+fn missing_park_section_and_unknown_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.toml");
+    std::fs::write(&f, "[parc]\nid = \"x\"\n").unwrap();
+    let out = bin().arg("check-config").arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains(":1:2: unknown section `parc`"), "{stderr}");
+    assert!(stderr.contains("missing `[park]` section"), "{stderr}");
+}
+
+#[test]
+fn run_refuses_to_start_on_a_bad_config() {
+    let file = root().join("daemon/tests/data/five_mistakes.toml");
+    let out = bin()
+        .arg("run")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("nothing was started"), "{stderr}");
+}
+
+#[test]
+fn config_schema_is_json_schema_of_every_section() {
+    let out = bin().arg("config-schema").output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let props = v["properties"].as_object().expect("properties");
+    for s in [
+        "park",
+        "data",
+        "api",
+        "enterprise",
+        "point",
+        "modbus_device",
+        "mqtt_subscription",
+    ] {
+        assert!(props.contains_key(s), "schema lacks `{s}`");
+    }
+    assert_eq!(v["additionalProperties"], serde_json::Value::Bool(false));
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["check-config", "--help"],
+        &["config-schema", "--help"],
+        &["demo", "--help"],
+    ] {
+        let out = bin().args(sub).output().unwrap();
+        assert!(out.status.success(), "{sub:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage:"),
+            "{sub:?}"
+        );
+    }
+}
+
+#[test]
+fn run_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("park.toml");
+    let text = std::fs::read_to_string(root().join("deploy/examples/demo.toml"))
+        .unwrap()
+        .replace(
+            "dir = \"parkguard-data\"",
+            &format!("dir = {:?}", dir.path().join("data")),
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let child = bin()
+        .arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the data dir: the daemon has started.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !dir.path().join("data").exists() {
+        assert!(std::time::Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "exit after SIGTERM: {:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("shutting down"), "{stderr}");
+}
