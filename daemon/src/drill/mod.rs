@@ -1,0 +1,6 @@
+//! Drills and backtests: scripted scenarios (with a Gaussian plume for gas releases) and,
+//! later, replay of recorded data. A drill runs its own engine instance; its events carry
+//! the drill id and reach only channels marked for drills.
+
+pub mod plume;
+pub mod scenario;
