@@ -3,4 +3,5 @@
 //! the drill id and reach only channels marked for drills.
 
 pub mod plume;
+pub mod replay;
 pub mod scenario;
