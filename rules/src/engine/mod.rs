@@ -613,6 +613,17 @@ impl Engine {
             self.last_time = t;
         }
         self.stats.readings += 1;
+        // Stale clears first: a device whose points come back one by one must not see its
+        // last point's stale alarm released from suppression a moment before it clears.
+        if p.phase[STALE].on() && r.quality != Quality::Stale {
+            let ctx = Ctx {
+                time: t,
+                source_time: Some(r.source_time.0),
+                ..Default::default()
+            };
+            self.set_stale(pi, false, &ctx, out);
+        }
+        let p = &self.pts[pi];
         if !p.seen || p.quality != r.quality {
             self.quality_change(pi, r, out);
         }
@@ -632,14 +643,6 @@ impl Engine {
         p.last_value = v;
         p.last_time = t;
         p.last_source = r.source_time.0;
-        if p.phase[STALE].on() && r.quality != Quality::Stale {
-            let ctx = Ctx {
-                time: t,
-                source_time: Some(r.source_time.0),
-                ..Default::default()
-            };
-            self.set_stale(pi, false, &ctx, out);
-        }
         if !v.is_finite() {
             // Nothing to compare (a driver bug or an unconvertible unit): limits keep state.
         } else if r.quality.is_good() {
