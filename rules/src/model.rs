@@ -211,7 +211,10 @@ pub enum LimitDirection {
 ///
 /// Gas points use level-1 = `h` and level-2 = `hh` (oxygen: `l` for deficiency at 19.5 %vol,
 /// `h` for enrichment at 23.5 %vol). Process points use H/HH/L/LL as usual.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+///
+/// `Default` has no limits, no deadband and no delays: start from it with `..` and set what
+/// the point needs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AlarmLimits {
     /// High-high / level-2.
     pub hh: Option<f64>,
@@ -227,6 +230,106 @@ pub struct AlarmLimits {
     pub on_delay: Duration,
     /// Time the value must stay back inside before the alarm returns to normal.
     pub off_delay: Duration,
+    /// Optional rate-of-change alarm (rise faster than a rate over a window). Default none.
+    #[serde(default)]
+    pub rate_of_change: Option<RateOfChange>,
+    /// Optional flatline alarm (value stuck where it should move). Default none.
+    #[serde(default)]
+    pub flatline: Option<Flatline>,
+}
+
+impl AlarmLimits {
+    /// Consistency of the limits, as messages naming the field (empty = fine): finite
+    /// numbers, `ll ≤ l < h ≤ hh`, non-negative deadband, positive rate-of-change settings.
+    pub fn problems(&self) -> Vec<crate::FieldError> {
+        use crate::FieldError;
+        let mut errs = Vec::new();
+        for (name, v) in [
+            ("hh", self.hh),
+            ("h", self.h),
+            ("l", self.l),
+            ("ll", self.ll),
+        ] {
+            if let Some(v) = v
+                && !v.is_finite()
+            {
+                errs.push(FieldError::new(name, "limit must be a finite number"));
+            }
+        }
+        let pairs = [
+            ("h", self.h, "hh", self.hh),
+            ("l", self.l, "h", self.h),
+            ("ll", self.ll, "l", self.l),
+            ("l", self.l, "hh", self.hh),
+            ("ll", self.ll, "h", self.h),
+        ];
+        for (a, va, b, vb) in pairs {
+            if let (Some(x), Some(y)) = (va, vb)
+                && x > y
+            {
+                errs.push(FieldError::new(
+                    a,
+                    format!("`{a}` ({x}) must not exceed `{b}` ({y})"),
+                ));
+            }
+        }
+        if !(self.deadband.is_finite() && self.deadband >= 0.0) {
+            errs.push(FieldError::new(
+                "deadband",
+                "deadband must be a finite number ≥ 0",
+            ));
+        }
+        if let Some(r) = &self.rate_of_change {
+            if !(r.rise_per_min.is_finite() && r.rise_per_min > 0.0) {
+                errs.push(FieldError::new(
+                    "rate_of_change.rise_per_min",
+                    "rise per minute must be a finite number > 0",
+                ));
+            }
+            if r.window.is_zero() {
+                errs.push(FieldError::new(
+                    "rate_of_change.window",
+                    "window must be > 0",
+                ));
+            }
+        }
+        if let Some(f) = &self.flatline {
+            if f.after.is_zero() {
+                errs.push(FieldError::new(
+                    "flatline.after",
+                    "flatline time must be > 0",
+                ));
+            }
+            if !(f.tolerance.is_finite() && f.tolerance >= 0.0) {
+                errs.push(FieldError::new(
+                    "flatline.tolerance",
+                    "tolerance must be a finite number ≥ 0",
+                ));
+            }
+        }
+        errs
+    }
+}
+
+/// Rate-of-change alarm: the value rose by at least `rise_per_min × window` (in minutes)
+/// within the last `window`. Clears when the rise over the window falls below that amount
+/// minus the point's deadband. The window is tracked in 8 buckets, so the effective window
+/// is between 7/8 and 9/8 of `window`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RateOfChange {
+    /// Rise that alarms, in the point's unit per minute.
+    pub rise_per_min: f64,
+    /// The window the rise is measured over.
+    pub window: Duration,
+}
+
+/// Flatline alarm: good readings that stay within `tolerance` of each other for `after`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Flatline {
+    /// How long the value must not move before the alarm.
+    pub after: Duration,
+    /// Movement (point's unit) that still counts as "not moving". 0 = exactly equal.
+    pub tolerance: f64,
 }
 
 /// One monitored point (位号).

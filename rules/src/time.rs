@@ -8,7 +8,18 @@ use std::time::Duration;
 /// Display and the console convert to the park's zone (Asia/Shanghai, UTC+8, no DST);
 /// storage and the wire keep UTC.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
 )]
 #[serde(transparent)]
 pub struct Timestamp(pub i64);
