@@ -14,8 +14,15 @@ fn keys(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
                 }
                 let path = format!("{prefix}.{k}");
                 out.push(path.clone());
-                // Nested tables are documented by their own name (`limits.h`, `modbus.device`).
-                keys(k, v, out);
+                // Nested tables of `[[array]]` entries are documented by their own name
+                // (`limits.h`, `modbus.device`); nested tables of plain sections by their full
+                // path (`alarm.warning.red_areas`).
+                let nested = if prefix.contains('.') || !is_array_section(prefix) {
+                    path.as_str()
+                } else {
+                    k.as_str()
+                };
+                keys(nested, v, out);
             }
         }
         toml::Value::Array(a) => {
@@ -27,6 +34,18 @@ fn keys(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
         }
         _ => {}
     }
+}
+
+fn is_array_section(name: &str) -> bool {
+    matches!(
+        name,
+        "enterprise"
+            | "point"
+            | "modbus_device"
+            | "mqtt_broker"
+            | "mqtt_subscription"
+            | "vote_group"
+    )
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub struct ParkFile {
     #[serde(default)]
     pub api: ApiSection,
     /// Alarm engine settings (priorities, shelving, staleness, warning rules).
-    pub alarm: Option<serde_json::Value>,
+    pub alarm: Option<parkguard_rules::engine::EngineConfig>,
     /// InfluxDB 2 sink; absent = the local spool is the archive.
     pub influx: Option<serde_json::Value>,
     /// Resident enterprises.
@@ -43,7 +43,7 @@ pub struct ParkFile {
     pub point: Vec<PointEntry>,
     /// Coincidence voting groups (k of n detectors agree).
     #[serde(default)]
-    pub vote_group: Vec<serde_json::Value>,
+    pub vote_group: Vec<parkguard_rules::engine::VoteGroupConfig>,
 }
 
 /// `[park]`
@@ -195,4 +195,36 @@ pub struct LimitsEntry {
     pub on_delay: Option<ConfigDuration>,
     /// Off-delay. Default: gas 0 s, process 5 s.
     pub off_delay: Option<ConfigDuration>,
+    /// Rate-of-change alarm: `{ rise_per_min, window }` (rise in the limits' unit per minute
+    /// over `window`). Default none.
+    pub rate_of_change: Option<RateOfChangeEntry>,
+    /// Flatline alarm: `{ after, tolerance }` (value moved less than `tolerance` for
+    /// `after`). Default none.
+    pub flatline: Option<FlatlineEntry>,
+}
+
+/// `rate_of_change = { ... }`
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateOfChangeEntry {
+    /// Rise that alarms, per minute, in the limits' unit.
+    pub rise_per_min: f64,
+    /// Window the rise is measured over. Default `1m`.
+    #[serde(default = "one_minute")]
+    pub window: ConfigDuration,
+}
+
+fn one_minute() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_secs(60))
+}
+
+/// `flatline = { ... }`
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlatlineEntry {
+    /// How long the value must not move before the alarm.
+    pub after: ConfigDuration,
+    /// Movement (limits' unit) that still counts as not moving. Default 0.
+    #[serde(default)]
+    pub tolerance: f64,
 }

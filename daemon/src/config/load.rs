@@ -2,6 +2,7 @@
 
 use super::file::*;
 use super::validate::{ParkConfig, Raw, validate};
+use parkguard_rules::engine::EngineConfig;
 use serde::de::DeserializeOwned;
 use serde_spanned::Spanned;
 use std::ops::Range;
@@ -199,7 +200,9 @@ pub fn load_str(name: &str, text: &str) -> Result<ParkConfig, Vec<ConfigError>> 
             }
             "data" => raw.data = de::<DataSection>(&src, node, &mut errors),
             "api" => raw.api = de::<ApiSection>(&src, node, &mut errors),
-            "alarm" => raw.alarm = de::<serde_json::Value>(&src, node, &mut errors),
+            "alarm" => {
+                raw.alarm = de::<EngineConfig>(&src, node, &mut errors).map(|v| (v, node.clone()))
+            }
             "influx" => raw.influx = de::<serde_json::Value>(&src, node, &mut errors),
             "enterprise" => raw.enterprises = de_array(&src, k, node, &mut errors),
             "modbus_device" => raw.modbus_devices = de_array(&src, k, node, &mut errors),

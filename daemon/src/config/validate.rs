@@ -3,6 +3,8 @@
 use super::file::*;
 use super::load::{ConfigError, Item, Source, span_of};
 use parkguard_rules::defaults;
+use parkguard_rules::engine::{EngineConfig, VoteGroup, VoteGroupConfig};
+use parkguard_rules::model::{Flatline, RateOfChange};
 use parkguard_rules::{AlarmLimits, Enterprise, Point, PointId, PointKind, PointTable, Unit};
 use serde_spanned::Spanned;
 use std::collections::HashMap;
@@ -17,14 +19,14 @@ pub(super) struct Raw<'i> {
     pub park: Option<(ParkSection, Spanned<DeValue<'i>>)>,
     pub data: Option<DataSection>,
     pub api: Option<ApiSection>,
-    pub alarm: Option<serde_json::Value>,
+    pub alarm: Option<(EngineConfig, Spanned<DeValue<'i>>)>,
     pub influx: Option<serde_json::Value>,
     pub enterprises: Vec<Item<'i, EnterpriseEntry>>,
     pub modbus_devices: Vec<Item<'i, serde_json::Value>>,
     pub mqtt_brokers: Vec<Item<'i, serde_json::Value>>,
     pub mqtt_subscriptions: Vec<Item<'i, serde_json::Value>>,
     pub points: Vec<Item<'i, PointEntry>>,
-    pub vote_groups: Vec<Item<'i, serde_json::Value>>,
+    pub vote_groups: Vec<Item<'i, VoteGroupConfig>>,
 }
 
 /// A validated park configuration: what the daemon runs.
@@ -40,8 +42,8 @@ pub struct ParkConfig {
     pub enterprises: Vec<Enterprise>,
     /// Every point, ids in file order.
     pub table: Arc<PointTable>,
-    /// `[alarm]` as written (typed by the engine module).
-    pub alarm: Option<serde_json::Value>,
+    /// `[alarm]`: the engine's settings.
+    pub engine: EngineConfig,
     /// `[influx]` as written.
     pub influx: Option<serde_json::Value>,
     /// `[[modbus_device]]` as written.
@@ -50,8 +52,8 @@ pub struct ParkConfig {
     pub mqtt_brokers: Vec<serde_json::Value>,
     /// `[[mqtt_subscription]]` as written.
     pub mqtt_subscriptions: Vec<serde_json::Value>,
-    /// `[[vote_group]]` as written.
-    pub vote_groups: Vec<serde_json::Value>,
+    /// `[[vote_group]]`, validated against the points.
+    pub vote_groups: Vec<VoteGroup>,
 }
 
 impl ParkConfig {
@@ -258,7 +260,6 @@ pub(super) fn validate(
         });
     }
 
-    let park = park?;
     let table = match PointTable::new(points) {
         Ok(t) => t,
         Err(e) => {
@@ -266,13 +267,45 @@ pub(super) fn validate(
             return None;
         }
     };
+
+    // [alarm]
+    let engine = match &raw.alarm {
+        Some((cfg, node)) => {
+            for fe in cfg.validate() {
+                cx.at(span_of(node, &fe.field), fe.message);
+            }
+            cfg.clone()
+        }
+        None => EngineConfig::default(),
+    };
+
+    // [[vote_group]]
+    let mut vote_groups = Vec::new();
+    let mut group_ids: HashMap<String, ()> = HashMap::new();
+    for item in &raw.vote_groups {
+        if group_ids.insert(item.value.id.clone(), ()).is_some() {
+            cx.at(
+                item.span_of("id"),
+                format!("duplicate vote group id `{}`", item.value.id),
+            );
+        }
+        match item.value.validate(&table) {
+            Ok(g) => vote_groups.push(g),
+            Err(es) => {
+                for fe in es {
+                    cx.at(item.span_of(&fe.field), fe.message);
+                }
+            }
+        }
+    }
+    let park = park?;
     Some(ParkConfig {
         park,
         data: raw.data.unwrap_or_default(),
         api: raw.api.unwrap_or_default(),
         enterprises,
         table: Arc::new(table),
-        alarm: raw.alarm,
+        engine,
         influx: raw.influx,
         modbus_devices: raw.modbus_devices.into_iter().map(|i| i.value).collect(),
         mqtt_brokers: raw.mqtt_brokers.into_iter().map(|i| i.value).collect(),
@@ -281,7 +314,7 @@ pub(super) fn validate(
             .into_iter()
             .map(|i| i.value)
             .collect(),
-        vote_groups: raw.vote_groups.into_iter().map(|i| i.value).collect(),
+        vote_groups,
     })
 }
 
@@ -456,6 +489,38 @@ fn validate_limits(
         .off_delay
         .map(|d| d.0)
         .unwrap_or(defaults::off_delay(p.kind));
+    let rate_of_change = l.rate_of_change.as_ref().and_then(|r| {
+        // Rates convert like values: every conversion we have is a pure factor.
+        match from.convert(r.rise_per_min, p.unit, p.gas) {
+            Ok(rise) if rise.is_finite() && rise > 0.0 && !r.window.0.is_zero() => {
+                Some(RateOfChange {
+                    rise_per_min: rise,
+                    window: r.window.0,
+                })
+            }
+            _ => {
+                cx.at(
+                    span("rate_of_change"),
+                    "rate_of_change needs rise_per_min > 0 and a window > 0",
+                );
+                None
+            }
+        }
+    });
+    let flatline = l.flatline.as_ref().and_then(|f| {
+        if f.after.0.is_zero() || !(f.tolerance.is_finite() && f.tolerance >= 0.0) {
+            cx.at(
+                span("flatline"),
+                "flatline needs after > 0 and tolerance ≥ 0",
+            );
+            None
+        } else {
+            Some(Flatline {
+                after: f.after.0,
+                tolerance: f.tolerance,
+            })
+        }
+    });
 
     if cx.errors.len() > before {
         return None;
@@ -468,6 +533,8 @@ fn validate_limits(
         deadband,
         on_delay,
         off_delay,
+        rate_of_change,
+        flatline,
     })
 }
 
