@@ -286,6 +286,38 @@ fn bad_quality_members_vote_as_configured() {
 }
 
 #[test]
+fn an_out_of_service_member_does_not_vote() {
+    let mut e = vote_engine(BadQualityVote::Ignore);
+    let mut out = Vec::new();
+    e.command(
+        &Command::RemoveFromService {
+            target: "D3".into(),
+            user: "eng".into(),
+            reason: "bump test WO-12".into(),
+        },
+        at(0.0),
+        &mut out,
+    )
+    .unwrap();
+    e.on_reading(&good(0, 30.0, 1.0), &mut out);
+    e.on_reading(&good(2, 30.0, 1.0), &mut out);
+    assert!(!e.alarm("group/U1-GAS:VOTE_L1").unwrap().active);
+    e.command(
+        &Command::ReturnToService {
+            target: "D3".into(),
+            user: "eng".into(),
+            comment: None,
+        },
+        at(2.0),
+        &mut out,
+    )
+    .unwrap();
+    // Back in service with its gas still present: it alarms and votes at once.
+    assert_eq!(e.alarm("D3:H").unwrap().state, AlarmState::Unacknowledged);
+    assert!(e.alarm("group/U1-GAS:VOTE_L1").unwrap().active);
+}
+
+#[test]
 fn vote_group_validation() {
     let t = table(vec![
         gas("D1", 0),

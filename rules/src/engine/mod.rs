@@ -1338,9 +1338,12 @@ impl Engine {
     /// Recompute what point `pi` contributes to vote groups and warnings.
     fn update_derived(&mut self, pi: usize, t: i64, out: &mut Vec<Event>) {
         let p = &self.pts[pi];
-        let lvl = if p.phase[HH].on() || p.phase[LL].on() {
+        // An alarm out of service (maintenance) neither votes nor counts for warnings.
+        let on =
+            |c: usize| p.phase[c].on() && self.slots[pi * NC + c].state != AlarmState::OutOfService;
+        let lvl = if on(HH) || on(LL) {
             2
-        } else if p.phase[H].on() || p.phase[L].on() {
+        } else if on(H) || on(L) {
             1
         } else {
             0
@@ -1365,16 +1368,7 @@ impl Engine {
         }
         let p = &self.pts[pi];
         if p.gas {
-            let counts = |c: usize| {
-                p.phase[c].on() && self.slots[pi * NC + c].state != AlarmState::OutOfService
-            };
-            let w = if counts(HH) || counts(LL) {
-                2
-            } else if counts(H) || counts(L) {
-                1
-            } else {
-                0
-            };
+            let w = lvl;
             if w != p.warn {
                 let (old, toxic, ent, area) = (p.warn, p.toxic, p.ent as usize, p.area as usize);
                 self.pts[pi].warn = w;
