@@ -110,31 +110,29 @@ impl Phase {
     }
 }
 
-/// Hot per-point state.
+/// Hot per-point state. `repr(C, align(64))` with the fields in this order: the path of a
+/// reading that changes nothing reads the first cache line and writes the second.
 #[derive(Clone, Debug)]
+#[repr(C, align(64))]
 struct PointRt {
+    // --- cache line 1: read by every reading
+    phase: [Phase; NC],
+    quality: Quality,
+    seen: bool,
+    unit: Unit,
+    roc: u32,
+    flat: u32,
     /// hh, h, l, ll; NaN = not configured.
     lim: [f64; 4],
-    deadband: f64,
-    on_delay: i64,
-    off_delay: i64,
-    /// ns without a reading before stale; `i64::MAX` = never.
-    stale_after: i64,
-    range_hi: f64,
+    // --- cache line 2: written by every reading
     last_value: f64,
     last_time: i64,
     last_source: i64,
-    /// Pending/clearing start of the four limit slots.
-    since: [i64; 4],
-    quality: Quality,
-    unit: Unit,
-    seen: bool,
-    phase: [Phase; NC],
     /// Bit per limit slot in pending/clearing.
     ptimers: u16,
     /// Bit per slot shelved or waiting for re-alarm.
     stimers: u16,
-    /// Level last propagated to vote groups: 0, 1, 2.
+    /// Level last propagated to vote groups and warnings: 0, 1, 2.
     lvl: u8,
     /// Bad quality last propagated to vote groups.
     bad: bool,
@@ -145,10 +143,17 @@ struct PointRt {
     device: u32,
     ent: u32,
     area: u32,
-    roc: u32,
-    flat: u32,
     groups_start: u32,
     groups_len: u32,
+    // --- colder: used when something changes
+    deadband: f64,
+    on_delay: i64,
+    off_delay: i64,
+    /// ns without a reading before stale; `i64::MAX` = never.
+    stale_after: i64,
+    range_hi: f64,
+    /// Pending/clearing start of the four limit slots.
+    since: [i64; 4],
 }
 
 #[derive(Clone, Debug)]
