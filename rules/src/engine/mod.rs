@@ -29,6 +29,7 @@
 //! - A device whose points report comm-lost, or whose points are all stale, raises one
 //!   root-cause alarm `device/<id>:COMM_LOST`; while it is active its points' comm-lost and
 //!   stale alarms are *suppressed by design*: still evaluated and recorded, never annunciated.
+//!   Likewise a point's own comm-lost suppresses its stale alarm.
 //! - Vote groups raise `group/<id>:VOTE_L1` / `VOTE_L2` when `k` members are in level-1 /
 //!   level-2 (after their delays); bad-quality or stale members vote as configured.
 
@@ -854,6 +855,9 @@ impl Engine {
         if want == Some(STALE) && !self.pts[pi].phase[STALE].on() {
             self.set_stale(pi, true, &ctx, out);
         }
+        // Nothing may stay suppressed without a root cause (also after a restore).
+        self.release(pi * NC + STALE, t, out);
+        self.release(pi * NC + COMM, t, out);
         if dev != NONE {
             self.update_device(dev as usize, &ctx, out);
         }
@@ -1040,7 +1044,8 @@ impl Engine {
         }
     }
 
-    /// The root-cause alarm suppressing slot `s`, if any.
+    /// The root-cause alarm suppressing slot `s`, if any: the device's comm-lost for a
+    /// point's comm-lost and stale; the point's own comm-lost for its stale.
     fn suppressor(&self, s: usize) -> Option<usize> {
         if let SlotOwner::Point(pi, c) = self.owner(s)
             && (c == STALE || c == COMM)
@@ -1049,8 +1054,28 @@ impl Engine {
             if d != NONE && self.slots[self.dbase + d as usize].active {
                 return Some(self.dbase + d as usize);
             }
+            if c == STALE && self.slots[pi * NC + COMM].active {
+                return Some(pi * NC + COMM);
+            }
         }
         None
+    }
+
+    /// Release slot `s` from suppression if nothing suppresses it any more.
+    fn release(&mut self, s: usize, t: i64, out: &mut Vec<Event>) {
+        if self.slots[s].state == AlarmState::SuppressedByDesign && self.suppressor(s).is_none() {
+            let to = if self.slots[s].active {
+                AlarmState::Unacknowledged
+            } else {
+                AlarmState::Normal
+            };
+            let ctx = Ctx {
+                time: t,
+                comment: Some("root cause cleared"),
+                ..Default::default()
+            };
+            self.transition(s, EventKind::Unsuppress, to, &ctx, out);
+        }
     }
 
     /// Where an alarm goes when it leaves shelved / suppressed / out of service.
@@ -1069,6 +1094,8 @@ impl Engine {
         if self.slots[s].active == active {
             return;
         }
+        // Safety net: a suppression whose root cause is gone never swallows a condition.
+        self.release(s, ctx.time, out);
         let from = self.slots[s].state;
         let to = match (from, active) {
             (AlarmState::Normal, true) => {
@@ -1328,13 +1355,8 @@ impl Engine {
                         &ctx,
                         out,
                     );
-                } else if !down && st == AlarmState::SuppressedByDesign {
-                    let to = if self.slots[s].active {
-                        AlarmState::Unacknowledged
-                    } else {
-                        AlarmState::Normal
-                    };
-                    self.transition(s, EventKind::Unsuppress, to, &ctx, out);
+                } else if !down {
+                    self.release(s, t, out);
                 }
             }
         }
