@@ -8,4 +8,5 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod drill;
+pub mod engine_task;
 pub mod run;

@@ -7,6 +7,7 @@
 //! - `readings/uniform`: random points, values uniform over the whole range — a storm in
 //!   which most readings change some alarm (events are allocated).
 //! - `on_tick/10k`: one tick over 10,000 points with nothing due.
+//! - `snapshot/10k`: the snapshot the engine task publishes every second.
 //!
 //! Engine memory per point is printed before the runs.
 
@@ -194,7 +195,8 @@ fn bench(c: &mut Criterion) {
             out.clear();
         })
     });
-    eprintln!("events so far: {:?}", e.stats());
+    c.bench_function("snapshot/10k", |b| b.iter(|| black_box(e.snapshot())));
+    eprintln!("tick engine stats: {:?}", e.stats());
 }
 
 criterion_group! {

@@ -176,3 +176,124 @@ pub fn compute(
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alarm::{AlarmState, Condition, SourceKind};
+
+    const MIN: i64 = 60_000_000_000;
+
+    fn ev(id: u64, alarm: &str, kind: EventKind, t_min: f64, prio: Priority) -> AlarmEvent {
+        let (to, active, annunciate) = match kind {
+            EventKind::Activate => (AlarmState::Unacknowledged, true, true),
+            _ => (AlarmState::ReturnedUnacknowledged, false, false),
+        };
+        AlarmEvent {
+            id,
+            alarm: alarm.into(),
+            source: alarm.split(':').next().unwrap().into(),
+            source_kind: SourceKind::Point,
+            enterprise: "E1".into(),
+            area: None,
+            condition: Condition::H,
+            level: Some(1),
+            priority: prio,
+            kind,
+            from: AlarmState::Normal,
+            to,
+            active,
+            annunciate,
+            value: None,
+            limit: None,
+            unit: None,
+            time: Timestamp((t_min * MIN as f64) as i64),
+            source_time: None,
+            user: None,
+            comment: None,
+            shelved_until: None,
+            suppressed_by: None,
+            drill: None,
+        }
+    }
+
+    #[test]
+    fn rates_floods_chatter_stale_top10_mix() {
+        let mut evs = Vec::new();
+        let mut id = 0;
+        let mut push = |alarm: &str, kind, t, p| {
+            id += 1;
+            evs.push(ev(id, alarm, kind, t, p));
+        };
+        // A flood in the second bucket (10–20 min): 12 alarms from 12 sources.
+        for i in 0..12 {
+            push(
+                &format!("F{i}:H"),
+                EventKind::Activate,
+                10.5 + f64::from(i) * 0.5,
+                Priority::Low,
+            );
+            push(
+                &format!("F{i}:H"),
+                EventKind::Return,
+                10.6 + f64::from(i) * 0.5,
+                Priority::Low,
+            );
+        }
+        // A chattering alarm: 3 activations within 40 s in the first bucket.
+        for k in 0..3 {
+            let t = 1.0 + f64::from(k) * 0.3;
+            push("C1:H", EventKind::Activate, t, Priority::Medium);
+            push("C1:H", EventKind::Return, t + 0.1, Priority::Medium);
+        }
+        // Not chattering: 3 activations 2 min apart.
+        for k in 0..3 {
+            let t = 30.0 + f64::from(k) * 2.0;
+            push("S1:H", EventKind::Activate, t, Priority::High);
+            push("S1:H", EventKind::Return, t + 0.5, Priority::High);
+        }
+        // Standing since before the window (stale by the end), and a suppressed activation
+        // that is recorded but not an alarm.
+        push("OLD:H", EventKind::Activate, -2000.0, Priority::High);
+        let mut sup = ev(
+            999,
+            "SUP:COMM_LOST",
+            EventKind::Activate,
+            5.0,
+            Priority::Low,
+        );
+        sup.to = AlarmState::SuppressedByDesign;
+        sup.annunciate = false;
+        evs.push(sup);
+
+        let r = compute(
+            &evs,
+            Timestamp(0),
+            Timestamp(60 * MIN),
+            &KpiConfig::default(),
+        );
+        assert_eq!(r.alarms, 12 + 3 + 3);
+        assert!((r.per_bucket_avg - 18.0 / 6.0).abs() < 1e-9);
+        assert_eq!(r.per_bucket_max, 12);
+        assert_eq!(r.floods, [(Timestamp(10 * MIN), 12)]);
+        assert!((r.flood_share - 1.0 / 6.0).abs() < 1e-9);
+        assert_eq!(r.chattering, [("C1:H".to_string(), 3)]);
+        assert_eq!(r.stale, [("OLD:H".to_string(), Timestamp(-2000 * MIN))]);
+        assert_eq!(r.top10.len(), 10);
+        assert_eq!(r.top10[0], ("C1".to_string(), 3));
+        assert_eq!(r.top10[1], ("S1".to_string(), 3));
+        assert!((r.top10_share - 14.0 / 18.0).abs() < 1e-9);
+        assert_eq!(r.priority_counts, [3, 3, 12]);
+        assert!((r.priority_mix.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        // Two operators halve the rate.
+        let two = KpiConfig {
+            operators: 2,
+            ..Default::default()
+        };
+        let r2 = compute(&evs, Timestamp(0), Timestamp(60 * MIN), &two);
+        assert_eq!(r2.per_bucket_max, 6);
+        // An empty window is all zeros, no division by zero.
+        let e = compute(&[], Timestamp(0), Timestamp(0), &KpiConfig::default());
+        assert_eq!((e.alarms, e.top10_share, e.per_bucket_avg), (0, 0.0, 0.0));
+    }
+}

@@ -187,13 +187,47 @@ fn a_frozen_device_gives_one_root_cause_alarm_too() {
     assert_eq!(annunciated(&out), ["B:STALE", "C:STALE"]);
 }
 
-/// Without a device, a point's own comm-lost is the alarm.
+/// Without a device, a point's own comm-lost is the alarm, and it is the root cause of the
+/// stale alarm that follows when nothing more arrives (an MQTT source gone silent).
 #[test]
 fn a_point_without_device_alarms_itself() {
     let mut e = engine(vec![gas("X", 0)]);
     let mut out = Vec::new();
-    e.on_reading(&reading(0, 0.0, 0.0, Quality::CommLost), &mut out);
+    e.on_reading(&good(0, 1.0, 0.0), &mut out);
+    e.on_reading(&reading(0, 0.0, 1.0, Quality::CommLost), &mut out);
+    for t in 2..30 {
+        e.on_tick(at(f64::from(t)), &mut out);
+    }
     assert_eq!(annunciated(&out), ["X:COMM_LOST"]);
+    let stale = alarms(&out)
+        .into_iter()
+        .find(|a| a.alarm == "X:STALE")
+        .unwrap();
+    assert_eq!(stale.to, AlarmState::SuppressedByDesign);
+    assert_eq!(stale.suppressed_by.as_deref(), Some("X:COMM_LOST"));
+    let mut back = Vec::new();
+    e.on_reading(&good(0, 1.0, 30.0), &mut back);
+    assert!(annunciated(&back).is_empty());
+    assert_eq!(
+        path(&back, "X:STALE"),
+        [
+            (
+                EventKind::Return,
+                AlarmState::SuppressedByDesign,
+                AlarmState::SuppressedByDesign
+            ),
+            (
+                EventKind::Unsuppress,
+                AlarmState::SuppressedByDesign,
+                AlarmState::Normal
+            ),
+        ]
+    );
+    assert_eq!(
+        e.alarm("X:COMM_LOST").unwrap().state,
+        AlarmState::ReturnedUnacknowledged
+    );
+    assert_eq!(e.alarm("X:STALE").unwrap().state, AlarmState::Normal);
 }
 
 fn vote_engine(policy: BadQualityVote) -> Engine {
@@ -283,6 +317,38 @@ fn bad_quality_members_vote_as_configured() {
     assert!(!annunciated(&out).contains(&"group/U1-GAS:VOTE_L1".to_string()));
     e.on_reading(&good(0, 30.0, 6.0), &mut out);
     assert!(annunciated(&out).contains(&"group/U1-GAS:VOTE_L1".to_string()));
+}
+
+#[test]
+fn an_out_of_service_member_does_not_vote() {
+    let mut e = vote_engine(BadQualityVote::Ignore);
+    let mut out = Vec::new();
+    e.command(
+        &Command::RemoveFromService {
+            target: "D3".into(),
+            user: "eng".into(),
+            reason: "bump test WO-12".into(),
+        },
+        at(0.0),
+        &mut out,
+    )
+    .unwrap();
+    e.on_reading(&good(0, 30.0, 1.0), &mut out);
+    e.on_reading(&good(2, 30.0, 1.0), &mut out);
+    assert!(!e.alarm("group/U1-GAS:VOTE_L1").unwrap().active);
+    e.command(
+        &Command::ReturnToService {
+            target: "D3".into(),
+            user: "eng".into(),
+            comment: None,
+        },
+        at(2.0),
+        &mut out,
+    )
+    .unwrap();
+    // Back in service with its gas still present: it alarms and votes at once.
+    assert_eq!(e.alarm("D3:H").unwrap().state, AlarmState::Unacknowledged);
+    assert!(e.alarm("group/U1-GAS:VOTE_L1").unwrap().active);
 }
 
 #[test]
@@ -439,6 +505,27 @@ fn restart_restores_states_from_persisted_events() {
     );
     assert!(out.iter().all(|e| e.id() >= rep.next_event_id));
     assert_eq!(b.alarm("G1:H").unwrap().state, AlarmState::Unacknowledged);
+    // A restored suppression whose root cause is gone is released by the next reading.
+    let mut d = engine(vec![gas("X", 0)]);
+    let mut j = Vec::new();
+    d.on_reading(&good(0, 1.0, 0.0), &mut j);
+    d.on_reading(&reading(0, 0.0, 1.0, Quality::CommLost), &mut j);
+    d.on_tick(at(10.0), &mut j);
+    let mut r = engine(vec![gas("X", 0)]);
+    r.restore(&j);
+    assert_eq!(
+        r.alarm("X:STALE").unwrap().state,
+        AlarmState::SuppressedByDesign
+    );
+    let mut out = Vec::new();
+    r.on_reading(&good(0, 1.0, 11.0), &mut out);
+    assert_eq!(r.alarm("X:STALE").unwrap().state, AlarmState::Normal);
+    r.on_tick(at(20.0), &mut out);
+    assert_eq!(
+        annunciated(&out),
+        ["X:STALE"],
+        "a later stale is announced again"
+    );
     // A journal naming a point that no longer exists is reported, not fatal.
     let mut c = engine(vec![gas("G1", 0)]);
     let rep = c.restore(&back);

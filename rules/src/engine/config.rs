@@ -299,3 +299,79 @@ pub fn validate_vote_groups(
     }
     if errs.is_empty() { Ok(out) } else { Err(errs) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_parse_from_an_empty_table() {
+        let d = EngineConfig::default();
+        assert!(d.validate().is_empty());
+        let parsed: EngineConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(parsed, d);
+        assert_eq!(
+            (d.stale_multiple, d.shelve_max_s, d.re_alarm_s),
+            (3.0, 28_800, 1800)
+        );
+        assert_eq!(d.priority.of(Condition::Hh), Priority::High);
+        assert_eq!(d.priority.of(Condition::CommLost), Priority::Low);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let e = serde_json::from_str::<EngineConfig>(r#"{"stale_multipel": 3}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e =
+            serde_json::from_str::<EngineConfig>(r#"{"priority": {"hh": "high"}}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        // The drill id cannot come from the park config.
+        assert!(serde_json::from_str::<EngineConfig>(r#"{"drill": "x"}"#).is_err());
+        let bad = EngineConfig {
+            stale_multiple: 1.0,
+            shelve_max_s: 0,
+            warning: WarningRules {
+                red_areas: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let fields: Vec<_> = bad.validate().into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            ["stale_multiple", "shelve_max_s", "warning.red_areas"]
+        );
+        let cfg: EngineConfig =
+            serde_json::from_str(r#"{"priority": {"comm_lost": "medium"}, "re_alarm_s": 0}"#)
+                .unwrap();
+        assert_eq!(cfg.priority.of(Condition::CommLost), Priority::Medium);
+        assert_eq!(
+            cfg.priority.level2,
+            Priority::High,
+            "other fields keep defaults"
+        );
+    }
+
+    #[test]
+    fn vote_group_needs_an_explicit_bad_quality_policy() {
+        let e = serde_json::from_str::<VoteGroupConfig>(
+            r#"{"id": "g", "members": ["a", "b"], "k": 2}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("bad_quality"), "{e}");
+        let g: VoteGroupConfig = serde_json::from_str(
+            r#"{"id": "g", "members": ["a", "b"], "k": 2, "bad_quality": "trip"}"#,
+        )
+        .unwrap();
+        assert_eq!(g.bad_quality, BadQualityVote::Trip);
+    }
+
+    #[test]
+    fn json_schema_is_generated() {
+        let s = serde_json::to_string(&schemars::schema_for!(EngineConfig)).unwrap();
+        assert!(s.contains("stale_multiple") && s.contains("park_red_enterprises"));
+        assert!(!s.contains("\"drill\""));
+        let s = serde_json::to_string(&schemars::schema_for!(VoteGroupConfig)).unwrap();
+        assert!(s.contains("bad_quality"));
+    }
+}

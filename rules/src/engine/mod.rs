@@ -29,6 +29,7 @@
 //! - A device whose points report comm-lost, or whose points are all stale, raises one
 //!   root-cause alarm `device/<id>:COMM_LOST`; while it is active its points' comm-lost and
 //!   stale alarms are *suppressed by design*: still evaluated and recorded, never annunciated.
+//!   Likewise a point's own comm-lost suppresses its stale alarm.
 //! - Vote groups raise `group/<id>:VOTE_L1` / `VOTE_L2` when `k` members are in level-1 /
 //!   level-2 (after their delays); bad-quality or stale members vote as configured.
 
@@ -110,31 +111,29 @@ impl Phase {
     }
 }
 
-/// Hot per-point state.
+/// Hot per-point state. `repr(C, align(64))` with the fields in this order: the path of a
+/// reading that changes nothing reads the first cache line and writes the second.
 #[derive(Clone, Debug)]
+#[repr(C, align(64))]
 struct PointRt {
+    // --- cache line 1: read by every reading
+    phase: [Phase; NC],
+    quality: Quality,
+    seen: bool,
+    unit: Unit,
+    roc: u32,
+    flat: u32,
     /// hh, h, l, ll; NaN = not configured.
     lim: [f64; 4],
-    deadband: f64,
-    on_delay: i64,
-    off_delay: i64,
-    /// ns without a reading before stale; `i64::MAX` = never.
-    stale_after: i64,
-    range_hi: f64,
+    // --- cache line 2: written by every reading
     last_value: f64,
     last_time: i64,
     last_source: i64,
-    /// Pending/clearing start of the four limit slots.
-    since: [i64; 4],
-    quality: Quality,
-    unit: Unit,
-    seen: bool,
-    phase: [Phase; NC],
     /// Bit per limit slot in pending/clearing.
     ptimers: u16,
     /// Bit per slot shelved or waiting for re-alarm.
     stimers: u16,
-    /// Level last propagated to vote groups: 0, 1, 2.
+    /// Level last propagated to vote groups and warnings: 0, 1, 2.
     lvl: u8,
     /// Bad quality last propagated to vote groups.
     bad: bool,
@@ -145,10 +144,17 @@ struct PointRt {
     device: u32,
     ent: u32,
     area: u32,
-    roc: u32,
-    flat: u32,
     groups_start: u32,
     groups_len: u32,
+    // --- colder: used when something changes
+    deadband: f64,
+    on_delay: i64,
+    off_delay: i64,
+    /// ns without a reading before stale; `i64::MAX` = never.
+    stale_after: i64,
+    range_hi: f64,
+    /// Pending/clearing start of the four limit slots.
+    since: [i64; 4],
 }
 
 #[derive(Clone, Debug)]
@@ -849,6 +855,9 @@ impl Engine {
         if want == Some(STALE) && !self.pts[pi].phase[STALE].on() {
             self.set_stale(pi, true, &ctx, out);
         }
+        // Nothing may stay suppressed without a root cause (also after a restore).
+        self.release(pi * NC + STALE, t, out);
+        self.release(pi * NC + COMM, t, out);
         if dev != NONE {
             self.update_device(dev as usize, &ctx, out);
         }
@@ -1035,7 +1044,8 @@ impl Engine {
         }
     }
 
-    /// The root-cause alarm suppressing slot `s`, if any.
+    /// The root-cause alarm suppressing slot `s`, if any: the device's comm-lost for a
+    /// point's comm-lost and stale; the point's own comm-lost for its stale.
     fn suppressor(&self, s: usize) -> Option<usize> {
         if let SlotOwner::Point(pi, c) = self.owner(s)
             && (c == STALE || c == COMM)
@@ -1044,8 +1054,28 @@ impl Engine {
             if d != NONE && self.slots[self.dbase + d as usize].active {
                 return Some(self.dbase + d as usize);
             }
+            if c == STALE && self.slots[pi * NC + COMM].active {
+                return Some(pi * NC + COMM);
+            }
         }
         None
+    }
+
+    /// Release slot `s` from suppression if nothing suppresses it any more.
+    fn release(&mut self, s: usize, t: i64, out: &mut Vec<Event>) {
+        if self.slots[s].state == AlarmState::SuppressedByDesign && self.suppressor(s).is_none() {
+            let to = if self.slots[s].active {
+                AlarmState::Unacknowledged
+            } else {
+                AlarmState::Normal
+            };
+            let ctx = Ctx {
+                time: t,
+                comment: Some("root cause cleared"),
+                ..Default::default()
+            };
+            self.transition(s, EventKind::Unsuppress, to, &ctx, out);
+        }
     }
 
     /// Where an alarm goes when it leaves shelved / suppressed / out of service.
@@ -1064,6 +1094,8 @@ impl Engine {
         if self.slots[s].active == active {
             return;
         }
+        // Safety net: a suppression whose root cause is gone never swallows a condition.
+        self.release(s, ctx.time, out);
         let from = self.slots[s].state;
         let to = match (from, active) {
             (AlarmState::Normal, true) => {
@@ -1323,13 +1355,8 @@ impl Engine {
                         &ctx,
                         out,
                     );
-                } else if !down && st == AlarmState::SuppressedByDesign {
-                    let to = if self.slots[s].active {
-                        AlarmState::Unacknowledged
-                    } else {
-                        AlarmState::Normal
-                    };
-                    self.transition(s, EventKind::Unsuppress, to, &ctx, out);
+                } else if !down {
+                    self.release(s, t, out);
                 }
             }
         }
@@ -1338,9 +1365,12 @@ impl Engine {
     /// Recompute what point `pi` contributes to vote groups and warnings.
     fn update_derived(&mut self, pi: usize, t: i64, out: &mut Vec<Event>) {
         let p = &self.pts[pi];
-        let lvl = if p.phase[HH].on() || p.phase[LL].on() {
+        // An alarm out of service (maintenance) neither votes nor counts for warnings.
+        let on =
+            |c: usize| p.phase[c].on() && self.slots[pi * NC + c].state != AlarmState::OutOfService;
+        let lvl = if on(HH) || on(LL) {
             2
-        } else if p.phase[H].on() || p.phase[L].on() {
+        } else if on(H) || on(L) {
             1
         } else {
             0
@@ -1365,16 +1395,7 @@ impl Engine {
         }
         let p = &self.pts[pi];
         if p.gas {
-            let counts = |c: usize| {
-                p.phase[c].on() && self.slots[pi * NC + c].state != AlarmState::OutOfService
-            };
-            let w = if counts(HH) || counts(LL) {
-                2
-            } else if counts(H) || counts(L) {
-                1
-            } else {
-                0
-            };
+            let w = lvl;
             if w != p.warn {
                 let (old, toxic, ent, area) = (p.warn, p.toxic, p.ent as usize, p.area as usize);
                 self.pts[pi].warn = w;

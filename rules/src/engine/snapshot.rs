@@ -302,21 +302,13 @@ impl Engine {
         }
         let mut sink = Vec::new();
         for pi in 0..self.pts.len() {
-            // No groups are touched here (lvl/bad of members are recomputed below), so this
-            // only recounts warnings; it cannot emit.
+            // With its groups hidden, this only sets the point's vote level and recounts
+            // warnings; it cannot emit. Groups re-evaluate on their members' next change.
             let (gs, gl) = (self.pts[pi].groups_start, self.pts[pi].groups_len);
             self.pts[pi].groups_len = 0;
             self.update_derived(pi, 0, &mut sink);
             self.pts[pi].groups_len = gl;
             self.pts[pi].groups_start = gs;
-            let p = &mut self.pts[pi];
-            p.lvl = if p.phase[0].on() || p.phase[3].on() {
-                2
-            } else if p.phase[1].on() || p.phase[2].on() {
-                1
-            } else {
-                0
-            };
         }
         debug_assert!(sink.is_empty());
         for g in 0..self.groups.len() {

@@ -41,6 +41,14 @@ fn limit_step_table() {
 }
 
 #[test]
+fn hot_fields_share_the_first_cache_line() {
+    let p = std::mem::offset_of!(PointRt, lim);
+    assert_eq!(p + 32, 64, "lim ends the first line");
+    assert_eq!(std::mem::offset_of!(PointRt, last_value), 64);
+    assert_eq!(std::mem::align_of::<PointRt>(), 64);
+}
+
+#[test]
 fn memory_per_point_is_bounded() {
     // ≤ 1 KiB per point (issue 5); the figure is reported by the benchmark.
     assert!(

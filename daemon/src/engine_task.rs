@@ -1,0 +1,436 @@
+//! The engine task: the one owner of the real path's [`Engine`], and so the only writer of
+//! alarm state (STYLE.md §6). Everyone else talks to it through channels:
+//!
+//! ```text
+//! sources ──Vec<Reading>──► (bounded mpsc) ─┐
+//! API ──EngineRequest + oneshot──► (mpsc) ──┼─► engine task ──► journal (bounded mpsc, lossless, optional)
+//! 1 s interval (real clock) ────────────────┘        │      ├─► events (broadcast, lossy for laggards)
+//!                                                     │      └─► snapshot (watch, latest only)
+//! ```
+//!
+//! Back-pressure, channel by channel:
+//! - **readings** (`mpsc::Receiver<Vec<Reading>>`, bounded, created by the topology): when
+//!   full, senders wait. The engine never drops a reading; a Modbus poller that waits simply
+//!   polls later, the MQTT subscriber stops acknowledging QoS1 so the broker keeps the
+//!   messages. The engine evaluates well over a million readings a second, so the channel
+//!   fills only if the journal stalls (below). Counted: `stats.readings`.
+//! - **requests** (`mpsc`, bounded, [`EngineTaskConfig::request_capacity`]): when full,
+//!   `send().await` waits; the HTTP API should `try_send` and answer 503 instead of queueing
+//!   an operator's click behind a storm. Each request carries a `oneshot` for its answer; a
+//!   dropped oneshot (client gone) is ignored.
+//! - **journal** (`mpsc::Sender<Vec<Event>>`, bounded, optional): lossless. The engine
+//!   *waits* when it is full, because an alarm event that is not journalled must not be
+//!   announced. A stalled journal therefore stalls the engine and, through the readings
+//!   channel, the sources; that is the intended failure mode. Notifications must be driven
+//!   from what the journal committed, never from the broadcast.
+//! - **events** (`broadcast`, [`EngineTaskConfig::event_capacity`]): for SSE and live views.
+//!   Never blocks the engine: a receiver that falls behind loses the oldest events and gets
+//!   `RecvError::Lagged(n)` (it counts them) and must resynchronise from the snapshot.
+//! - **snapshot** (`watch`): the latest [`Snapshot`] after every tick, command and limit
+//!   change; readers see only the newest value, the engine never waits.
+
+use parkguard_rules::engine::{Command, CommandError, Engine, Event, Snapshot};
+use parkguard_rules::{AlarmLimits, FieldError, PointId, Reading, Timestamp};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// A request to the engine task, answered on its oneshot.
+#[derive(Debug)]
+pub enum EngineRequest {
+    /// An operator/engineer command (acknowledge, shelve, out of service, …).
+    Command {
+        /// The command.
+        cmd: Command,
+        /// How many alarms changed, or why it was refused.
+        reply: oneshot::Sender<Result<usize, CommandError>>,
+    },
+    /// Replace the limits of one point atomically (between two readings).
+    ReplaceLimits {
+        /// The point.
+        point: PointId,
+        /// The new limits.
+        limits: AlarmLimits,
+        /// Ok, or what is wrong with the limits.
+        reply: oneshot::Sender<Result<(), Vec<FieldError>>>,
+    },
+}
+
+/// Settings of the task (not user configuration: the topology picks them).
+#[derive(Clone, Debug)]
+pub struct EngineTaskConfig {
+    /// Tick period. Default 1 s.
+    pub tick: Duration,
+    /// Capacity of the request channel. Default 64.
+    pub request_capacity: usize,
+    /// Capacity of the event broadcast. Default 4096.
+    pub event_capacity: usize,
+    /// The clock ticks read. Default: the system clock. (The engine itself never reads a
+    /// clock; the task is where real time enters.)
+    pub clock: fn() -> Timestamp,
+}
+
+impl Default for EngineTaskConfig {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_secs(1),
+            request_capacity: 64,
+            event_capacity: 4096,
+            clock: system_now,
+        }
+    }
+}
+
+/// The system clock as a [`Timestamp`].
+pub fn system_now() -> Timestamp {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    Timestamp(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// What the rest of the daemon holds to talk to the engine task.
+#[derive(Clone, Debug)]
+pub struct EngineHandle {
+    /// Requests (commands, limit changes). See the module docs for back-pressure.
+    pub requests: mpsc::Sender<EngineRequest>,
+    /// Subscribe for live events.
+    pub events: broadcast::Sender<Arc<Event>>,
+    /// The latest snapshot.
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl EngineHandle {
+    /// Send a command and wait for its answer. `None` if the engine task has ended.
+    pub async fn command(&self, cmd: Command) -> Option<Result<usize, CommandError>> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(EngineRequest::Command { cmd, reply })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
+    /// Replace a point's limits and wait for the answer. `None` if the engine task has ended.
+    pub async fn replace_limits(
+        &self,
+        point: PointId,
+        limits: AlarmLimits,
+    ) -> Option<Result<(), Vec<FieldError>>> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(EngineRequest::ReplaceLimits {
+                point,
+                limits,
+                reply,
+            })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+}
+
+/// Spawn the engine task. `engine` should already be restored from the journal
+/// ([`Engine::restore`]). The task ends when `readings` is closed (every source dropped its
+/// sender) and returns the engine.
+pub fn spawn(
+    engine: Engine,
+    readings: mpsc::Receiver<Vec<Reading>>,
+    journal: Option<mpsc::Sender<Vec<Event>>>,
+    cfg: EngineTaskConfig,
+) -> (EngineHandle, JoinHandle<Engine>) {
+    // Requests: bounded, senders wait when full (the API should try_send → 503).
+    let (req_tx, req_rx) = mpsc::channel(cfg.request_capacity.max(1));
+    // Events: lossy for lagging receivers (they get Lagged(n) and resync from the snapshot).
+    let (ev_tx, _) = broadcast::channel(cfg.event_capacity.max(16));
+    // Snapshot: latest value only.
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(engine.snapshot()));
+    let handle = EngineHandle {
+        requests: req_tx,
+        events: ev_tx.clone(),
+        snapshot: snap_rx,
+    };
+    let drill = engine.config().drill.clone();
+    let task = Task {
+        engine,
+        journal,
+        events: ev_tx,
+        snapshot: snap_tx,
+        out: Vec::with_capacity(1024),
+        clock: cfg.clock,
+    };
+    let span = info_span!("engine", drill = drill.as_deref().unwrap_or(""));
+    let join = tokio::spawn(task.run(readings, req_rx, cfg.tick).instrument(span));
+    (handle, join)
+}
+
+struct Task {
+    engine: Engine,
+    journal: Option<mpsc::Sender<Vec<Event>>>,
+    events: broadcast::Sender<Arc<Event>>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    out: Vec<Event>,
+    clock: fn() -> Timestamp,
+}
+
+impl Task {
+    async fn run(
+        mut self,
+        mut readings: mpsc::Receiver<Vec<Reading>>,
+        mut requests: mpsc::Receiver<EngineRequest>,
+        tick: Duration,
+    ) -> Engine {
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut requests_open = true;
+        info!(points = self.engine.table().len(), "engine task started");
+        loop {
+            tokio::select! {
+                batch = readings.recv() => {
+                    let Some(batch) = batch else { break };
+                    self.engine.on_readings(&batch, &mut self.out);
+                    self.publish().await;
+                }
+                req = requests.recv(), if requests_open => {
+                    match req {
+                        Some(req) => {
+                            self.request(req).await;
+                        }
+                        None => requests_open = false,
+                    }
+                }
+                _ = interval.tick() => {
+                    let now = (self.clock)();
+                    self.engine.on_tick(now, &mut self.out);
+                    self.publish().await;
+                    self.snapshot.send_replace(Arc::new(self.engine.snapshot()));
+                }
+            }
+        }
+        self.snapshot.send_replace(Arc::new(self.engine.snapshot()));
+        let stats = self.engine.stats();
+        info!(
+            readings = stats.readings,
+            events = stats.events,
+            unknown_points = stats.unknown_points,
+            "engine task stopped: readings channel closed"
+        );
+        self.engine
+    }
+
+    async fn request(&mut self, req: EngineRequest) {
+        match req {
+            EngineRequest::Command { cmd, reply } => {
+                let now = (self.clock)();
+                let res = self.engine.command(&cmd, now, &mut self.out);
+                if let Err(e) = &res {
+                    debug!(error = %e, "command refused");
+                }
+                self.publish().await;
+                self.snapshot.send_replace(Arc::new(self.engine.snapshot()));
+                let _ = reply.send(res);
+            }
+            EngineRequest::ReplaceLimits {
+                point,
+                limits,
+                reply,
+            } => {
+                let res = self.engine.replace_limits(point, limits);
+                if res.is_ok() {
+                    info!(point = point.0, "limits replaced");
+                }
+                self.snapshot.send_replace(Arc::new(self.engine.snapshot()));
+                let _ = reply.send(res);
+            }
+        }
+    }
+
+    /// Hand the pending events to the journal (waiting if it is full) and the broadcast.
+    async fn publish(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.out);
+        if let Some(j) = &self.journal
+            && j.send(events.clone()).await.is_err()
+        {
+            warn!(
+                events = events.len(),
+                "alarm journal channel closed: events not journalled"
+            );
+        }
+        for ev in events {
+            // Err only when nobody listens: nothing to do.
+            let _ = self.events.send(Arc::new(ev));
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+mod tests {
+    use super::*;
+    use parkguard_rules::alarm::{AlarmState, EventKind};
+    use parkguard_rules::engine::EngineConfig;
+    use parkguard_rules::{Gas, Point, PointKind, PointTable, Quality, Unit};
+
+    fn table() -> Arc<PointTable> {
+        let p = Point {
+            id: PointId(0),
+            tag: "GT-1".into(),
+            name: "methane".into(),
+            enterprise: "E1".into(),
+            device: None,
+            hazard_installation: None,
+            area: None,
+            kind: PointKind::Combustible,
+            gas: Some(Gas::Ch4),
+            unit: Unit::PercentLel,
+            range_lo: 0.0,
+            range_hi: 100.0,
+            limits: AlarmLimits {
+                h: Some(25.0),
+                hh: Some(50.0),
+                deadband: 2.0,
+                ..Default::default()
+            },
+            // Short, so that a stale alarm comes within a few ticks of 10 ms.
+            expected_interval: Duration::from_millis(20),
+            location: None,
+        };
+        Arc::new(PointTable::new(vec![p]).unwrap())
+    }
+
+    fn reading(value: f64) -> Reading {
+        let t = system_now();
+        Reading {
+            point: PointId(0),
+            value,
+            unit: Unit::PercentLel,
+            quality: Quality::Good,
+            source_time: t,
+            receive_time: t,
+        }
+    }
+
+    async fn next_alarm(
+        rx: &mut broadcast::Receiver<Arc<Event>>,
+    ) -> (String, EventKind, AlarmState) {
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("an event within 10 s")
+                .expect("broadcast open");
+            if let Event::Alarm(a) = &*ev {
+                return (a.alarm.clone(), a.kind, a.to);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn readings_commands_limits_ticks_and_snapshot() {
+        let engine = Engine::new(table(), EngineConfig::default(), Vec::new());
+        let (tx, rx) = mpsc::channel(8);
+        let (jtx, mut jrx) = mpsc::channel(64);
+        let cfg = EngineTaskConfig {
+            tick: Duration::from_millis(10),
+            ..Default::default()
+        };
+        let (h, join) = spawn(engine, rx, Some(jtx), cfg);
+        let mut events = h.events.subscribe();
+
+        // A reading over level-2 raises HH and H.
+        tx.send(vec![reading(60.0)]).await.unwrap();
+        let a = next_alarm(&mut events).await;
+        let b = next_alarm(&mut events).await;
+        let mut got = [a.0.clone(), b.0.clone()];
+        got.sort();
+        assert_eq!(got, ["GT-1:H", "GT-1:HH"]);
+        assert_eq!(a.2, AlarmState::Unacknowledged);
+
+        // Acknowledge through the request channel; the snapshot shows it at once. (A stale
+        // alarm may come and go meanwhile: ticks run every 10 ms.)
+        for alarm in ["GT-1:H", "GT-1:HH"] {
+            let res = h
+                .command(Command::Acknowledge {
+                    target: alarm.into(),
+                    user: "op".into(),
+                    comment: None,
+                })
+                .await
+                .unwrap();
+            assert_eq!(res, Ok(1));
+        }
+        let snap = h.snapshot.borrow().clone();
+        let levels: Vec<_> = snap
+            .alarms
+            .iter()
+            .filter(|a| a.condition.level().is_some())
+            .map(|a| (a.alarm.as_str(), a.state))
+            .collect();
+        assert_eq!(
+            levels,
+            [
+                ("GT-1:HH", AlarmState::Acknowledged),
+                ("GT-1:H", AlarmState::Acknowledged)
+            ]
+        );
+        // Refused commands come back as errors.
+        let res = h
+            .command(Command::Unshelve {
+                alarm: "GT-1:H".into(),
+                user: "op".into(),
+                comment: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(res, Err(CommandError::NotShelved("GT-1:H".into())));
+
+        // Raise the limits at runtime: the next reading clears both (acknowledged → normal).
+        let limits = AlarmLimits {
+            h: Some(70.0),
+            hh: Some(90.0),
+            deadband: 2.0,
+            ..Default::default()
+        };
+        h.replace_limits(PointId(0), limits).await.unwrap().unwrap();
+        tx.send(vec![reading(60.0)]).await.unwrap();
+        let mut returned = Vec::new();
+        while returned.len() < 2 {
+            let (id, kind, to) = next_alarm(&mut events).await;
+            if kind == EventKind::Return && id != "GT-1:STALE" {
+                assert_eq!(to, AlarmState::Normal);
+                returned.push(id);
+            }
+        }
+        returned.sort();
+        assert_eq!(returned, ["GT-1:H", "GT-1:HH"]);
+
+        // No more readings: ticks raise the stale alarm.
+        loop {
+            let (id, kind, _) = next_alarm(&mut events).await;
+            if id == "GT-1:STALE" && kind == EventKind::Activate {
+                break;
+            }
+        }
+
+        // Closing the readings channel ends the task; the journal saw every event, in order.
+        drop(tx);
+        let engine = join.await.unwrap();
+        assert!(engine.stats().readings >= 2);
+        let mut journalled = Vec::new();
+        while let Ok(batch) = jrx.try_recv() {
+            journalled.extend(batch);
+        }
+        let ids: Vec<u64> = journalled.iter().map(Event::id).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        assert_eq!(ids.len() as u64, engine.stats().events);
+        assert!(
+            journalled
+                .iter()
+                .any(|e| matches!(e, Event::Alarm(a) if a.alarm == "GT-1:STALE"))
+        );
+    }
+}
