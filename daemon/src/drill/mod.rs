@@ -2,6 +2,7 @@
 //! later, replay of recorded data. A drill runs its own engine instance; its events carry
 //! the drill id and reach only channels marked for drills.
 
+pub mod backtest;
 pub mod plume;
 pub mod replay;
 pub mod scenario;
