@@ -47,6 +47,28 @@ pub enum Command {
     },
     /// Print the JSON Schema of the config file (for editors' TOML support).
     ConfigSchema,
+    /// Test candidate limits on recorded history: run the current and the candidate limits
+    /// over the same readings at full speed and report what would have changed.
+    Backtest {
+        /// The current park config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The candidate: a park config with changed limits (points matched by tag).
+        #[arg(long)]
+        limits: PathBuf,
+        /// Recorded readings: InfluxDB line protocol or annotated CSV (`influx query --raw`).
+        #[arg(long)]
+        data: PathBuf,
+        /// Start of the window (RFC 3339, e.g. 2026-11-25T00:00:00+08:00).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the window (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// Print the full report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the embedded demo: simulated park, local storage, console in the browser.
     Demo {
         /// Listen address of the console and API.

@@ -30,6 +30,21 @@ fn main() -> ExitCode {
             init_logging(cli.log_format);
             exit(parkguard::run::run_file(&config))
         }
+        Command::Backtest {
+            config,
+            limits,
+            data,
+            from,
+            to,
+            json,
+        } => exit(parkguard::drill::cli::backtest(
+            &config,
+            &limits,
+            &data,
+            from.as_deref(),
+            to.as_deref(),
+            json,
+        )),
         Command::Demo {
             listen,
             data_dir,

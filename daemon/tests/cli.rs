@@ -185,3 +185,61 @@ fn run_stops_cleanly_on_sigterm() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("shutting down"), "{stderr}");
 }
+
+#[test]
+fn backtest_reports_the_effect_of_a_raised_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = std::fs::read_to_string(root().join("deploy/examples/demo.toml")).unwrap();
+    let cur = dir.path().join("current.toml");
+    let cand = dir.path().join("candidate.toml");
+    std::fs::write(&cur, &demo).unwrap();
+    let changed = demo.replace(
+        "limits = { h = 1.2, hh = 1.4, l = 0.1 }",
+        "limits = { h = 1.3, hh = 1.4, l = 0.1 }",
+    );
+    assert_ne!(
+        changed, demo,
+        "the demo's PT-201 limits moved: update this test"
+    );
+    std::fs::write(&cand, changed).unwrap();
+    // Six hours at 0.1 Hz: a 60 s excursion every hour, alternating 1.25 and 1.35 MPa.
+    let mut lp = String::new();
+    let t0: i64 = 1_764_115_200;
+    for i in 0..(6 * 360) {
+        let sec = i * 10;
+        let peak = if (sec / 3600) % 2 == 0 { 1.25 } else { 1.35 };
+        let v = if sec % 3600 < 60 { peak } else { 0.8 };
+        lp.push_str(&format!(
+            "reading,park=yingkou-demo,enterprise=DEMO01,tag=DEMO01-PT-201,kind=pressure,unit=MPa value={v},quality=0i {}\n",
+            (t0 + sec) * 1_000_000_000
+        ));
+    }
+    lp.push_str("reading,tag=NOT-A-POINT value=1 1764115200000000000\n");
+    let data = dir.path().join("history.lp");
+    std::fs::write(&data, lp).unwrap();
+    let out = bin()
+        .args(["backtest", "--json", "--config"])
+        .arg(&cur)
+        .arg("--limits")
+        .arg(&cand)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["readings"], 2160);
+    assert_eq!(r["changed_points"][0], "DEMO01-PT-201");
+    // 6 excursions over 1.2 MPa; 3 of them over 1.3 MPa.
+    assert_eq!(r["current"]["alarms"], 6, "{r}");
+    assert_eq!(r["candidate"]["alarms"], 3, "{r}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("1 unknown tag(s)"),
+        "unknown tags are reported: {stderr}"
+    );
+}

@@ -3,6 +3,7 @@
 //! the drill id and reach only channels marked for drills.
 
 pub mod backtest;
+pub mod cli;
 pub mod plume;
 pub mod replay;
 pub mod scenario;
