@@ -8,4 +8,12 @@
 
 pub mod config;
 pub mod decode;
+pub mod metrics;
 pub mod plan;
+pub mod sim;
+pub mod source;
+
+pub use config::{ModbusDeviceConfig, ModbusPointConfig};
+pub use metrics::ModbusMetrics;
+pub use plan::{ModbusPlan, PlanError, PlanTarget, plan};
+pub use source::spawn;
