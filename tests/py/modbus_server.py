@@ -7,6 +7,7 @@ The layout file (written by the Rust test) says how to serve and what:
 
     {
       "transport": "tcp",            # or "rtu" (serial, e.g. one end of a socat PTY pair)
+      "framer": "socket",            # tcp only: "rtu" = RTU frames over TCP (serial server)
       "host": "127.0.0.1", "port": 15020,        # tcp
       "serial": "/tmp/x/pty-a", "baud": 19200, "parity": "N", "bytesize": 8, "stopbits": 1,
       "devices": [
@@ -34,6 +35,7 @@ import json
 import struct
 import sys
 
+from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -114,7 +116,7 @@ async def main():
         layout = json.load(f)
     devices = [build_device(d) for d in layout["devices"]]
     units = {int(d["unit"]) for d in layout["devices"]}
-    rtu = layout.get("transport", "tcp") != "tcp"
+    rtu = layout.get("transport", "tcp") != "tcp" or layout.get("framer") == "rtu"
 
     def trace_packet(sending, data):
         # pymodbus 3.16 answers unknown unit ids with exception 4 (its SimCore falls back
@@ -129,6 +131,7 @@ async def main():
         server = ModbusTcpServer(
             devices,
             address=(layout.get("host", "127.0.0.1"), int(layout["port"])),
+            framer=FramerType.RTU if layout.get("framer") == "rtu" else FramerType.SOCKET,
             ignore_missing_devices=True,
             trace_packet=trace_packet,
         )
@@ -144,6 +147,8 @@ async def main():
             trace_packet=trace_packet,
         )
     task = asyncio.create_task(server.serve_forever())
+    # Let serve_forever open its listener / serial port before saying so.
+    await asyncio.sleep(0.3)
     print("READY", flush=True)
     await task
 
