@@ -116,16 +116,15 @@ async def main():
         layout = json.load(f)
     devices = [build_device(d) for d in layout["devices"]]
     units = {int(d["unit"]) for d in layout["devices"]}
-    rtu = layout.get("transport", "tcp") != "tcp" or layout.get("framer") == "rtu"
 
-    def trace_packet(sending, data):
+    def trace_pdu(sending, pdu):
         # pymodbus 3.16 answers unknown unit ids with exception 4 (its SimCore falls back
         # to device 0, ignore_missing_devices notwithstanding); a real bus stays silent, so
-        # drop requests for units we do not serve before pymodbus sees them.
-        if sending or not data:
-            return data
-        unit = data[0] if rtu else (data[6] if len(data) > 6 else None)
-        return data if unit in units else b""
+        # drop requests for units we do not serve once framed (dropping raw bytes in
+        # trace_packet would leave them in pymodbus' buffer and wedge the server).
+        if sending or pdu is None:
+            return pdu
+        return pdu if pdu.dev_id in units else None
 
     if layout.get("transport", "tcp") == "tcp":
         server = ModbusTcpServer(
@@ -133,7 +132,7 @@ async def main():
             address=(layout.get("host", "127.0.0.1"), int(layout["port"])),
             framer=FramerType.RTU if layout.get("framer") == "rtu" else FramerType.SOCKET,
             ignore_missing_devices=True,
-            trace_packet=trace_packet,
+            trace_pdu=trace_pdu,
         )
     else:
         server = ModbusSerialServer(
@@ -144,7 +143,7 @@ async def main():
             bytesize=int(layout.get("bytesize", 8)),
             stopbits=int(layout.get("stopbits", 1)),
             ignore_missing_devices=True,
-            trace_packet=trace_packet,
+            trace_pdu=trace_pdu,
         )
     task = asyncio.create_task(server.serve_forever())
     # Let serve_forever open its listener / serial port before saying so.

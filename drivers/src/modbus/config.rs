@@ -640,6 +640,14 @@ pub enum Transform {
         /// Offset.
         offset: f64,
     },
+    /// value = raw ÷ divisor + offset (implied decimals; dividing by 10 keeps 209 → 20.9
+    /// exact where × 0.1 would give 20.900000000000002).
+    Decimals {
+        /// 10^decimals.
+        divisor: f64,
+        /// Offset.
+        offset: f64,
+    },
     /// 4–20 mA loop: raw → mA → point range.
     LoopCurrent {
         /// Raw at 4 mA.
@@ -783,8 +791,8 @@ impl ModbusPointConfig {
             if d > 9 {
                 errs.push(FieldError::new("decimals", "at most 9 decimals"));
             }
-            Transform::Linear {
-                scale: 10f64.powi(-i32::from(d.min(9))),
+            Transform::Decimals {
+                divisor: 10f64.powi(i32::from(d.min(9))),
                 offset: self.offset.unwrap_or(0.0),
             }
         } else {
@@ -797,7 +805,7 @@ impl ModbusPointConfig {
                 offset: self.offset.unwrap_or(0.0),
             }
         };
-        if let Transform::Linear { offset, .. } = transform
+        if let Transform::Linear { offset, .. } | Transform::Decimals { offset, .. } = transform
             && !offset.is_finite()
         {
             errs.push(FieldError::new("offset", "offset must be finite"));
@@ -1001,8 +1009,8 @@ mod tests {
         .expect("valid");
         assert_eq!(
             d.transform,
-            Transform::Linear {
-                scale: 0.1,
+            Transform::Decimals {
+                divisor: 10.0,
                 offset: 0.0
             }
         );

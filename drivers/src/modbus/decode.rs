@@ -144,6 +144,7 @@ impl PointCodec {
         }
         let value = match self.transform {
             Transform::Linear { scale, offset } => raw * scale + offset,
+            Transform::Decimals { divisor, offset } => raw / divisor + offset,
             Transform::LoopCurrent {
                 raw_at_4ma,
                 raw_at_20ma,
@@ -315,16 +316,14 @@ mod tests {
     fn chinese_decimals() {
         let mut c = codec(
             DataType::U16,
-            Transform::Linear {
-                scale: 0.01,
+            Transform::Decimals {
+                divisor: 100.0,
                 offset: 0.0,
             },
         );
         c.unit = Unit::Ppm;
         c.gas = Some(Gas::H2s);
-        let (v, q) = c.decode_registers(&[1234]);
-        assert!((v - 12.34).abs() < 1e-9);
-        assert_eq!(q, Quality::Good);
+        assert_eq!(c.decode_registers(&[1234]), (12.34, Quality::Good));
     }
 
     /// Danfoss: values below −16385 are error codes, not measurements.

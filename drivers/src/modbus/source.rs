@@ -3,9 +3,10 @@
 //!
 //! Fault classification (STYLE.md §5):
 //! - **transport fault** (connect failure, I/O error, timeout, malformed or mismatching
-//!   reply): the device's points become `comm_lost`; the connection is dropped and re-opened
-//!   before the next request (a late reply must never be taken for the next request's), and
-//!   the device is retried after the shared back-off. While it backs off, each of its
+//!   reply): the device's points become `comm_lost` and the device is retried after the
+//!   shared back-off. The connection is re-opened before the next request after I/O and
+//!   protocol errors, and after timeouts on Modbus TCP (a late reply must never be taken
+//!   for the next request's); an RTU line survives a silent slave. While it backs off, each of its
 //!   scheduled ticks still reports `comm_lost` without touching the wire, so the operator sees
 //!   the cause rather than "stale".
 //! - **exception response**: the link is fine; the points of that read get
@@ -15,10 +16,12 @@
 //!
 //! Isolation: each `tcp` device has its own connection and task, so nothing it does can
 //! delay another. Devices sharing a line (an RS-485 bus, a serial server) necessarily share
-//! its time: requests go one at a time, every request has a timeout, and a failing device is
-//! only probed at its back-off pace, so a dead slave costs the line one timeout per back-off
-//! period while the live ones keep their interval. On serial lines the 3.5-character silent
-//! interval is kept between frames.
+//! its time: requests go one at a time and every request has a timeout. A failing device is
+//! only probed at its back-off pace, and each probe (worst case one timeout of line time) is
+//! placed in a gap before the next healthy device's slot, so a dead slave does not push the
+//! live ones off their interval (see `defer_probe`). On serial lines the 3.5-character
+//! silent interval is kept between frames, and the planner rejects lines whose polls need
+//! more bus time than the baud rate gives.
 //!
 //! Schedules are absolute (`next = previous + interval`), so polls do not drift; when a line
 //! falls behind, missed slots are skipped and counted (`polls_skipped`), never bunched.
@@ -211,6 +214,9 @@ impl LineTask {
                 () = sleep_until(due) => {}
             }
             let started = Instant::now();
+            if self.defer_probe(i, started) {
+                continue;
+            }
             {
                 let d = &mut self.devices[i];
                 d.metrics.polls.fetch_add(1, Relaxed);
@@ -234,6 +240,41 @@ impl LineTask {
                 debug!("engine channel closed; stopping");
                 return;
             }
+        }
+    }
+
+    /// Line-time scheduling of probes: a failing device's retry costs up to one timeout of
+    /// line time. If that would run into the slot of a healthy device on the same line, the
+    /// probe is moved to just after that device's poll (the healthy device keeps its
+    /// interval). A probe is deferred at most `reconnect_max` past its retry time, so a
+    /// line too busy to ever fit it still probes now and then. Returns true if deferred.
+    fn defer_probe(&mut self, i: usize, now: Instant) -> bool {
+        if self.devices.len() < 2 {
+            return false;
+        }
+        let d = &self.devices[i];
+        let Some(at) = d.retry_at else {
+            return false;
+        };
+        if now < at || now.saturating_duration_since(at) >= d.plan.device.reconnect_max {
+            return false;
+        }
+        let need = d.plan.device.timeout + self.frame_gap * 2;
+        let free_until = self
+            .devices
+            .iter()
+            .enumerate()
+            .filter(|(j, o)| *j != i && o.retry_at.is_none())
+            .map(|(_, o)| o.next_due)
+            .min();
+        match free_until {
+            Some(until) if now + need > until => {
+                // Right after the healthy device's poll starts (ties go to the lower index,
+                // so add a hair).
+                self.devices[i].next_due = until + Duration::from_micros(1);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -340,9 +381,15 @@ impl LineTask {
         let receive_time = wall_now();
         let dev = &mut self.devices[i];
         if let Some((kind, err)) = fault {
-            // Never reuse a connection after a fault: a late reply would be read as the
-            // answer to the next request.
-            self.conn = None;
+            // After an I/O or protocol error the stream is in an unknown state: re-open it.
+            // After a timeout, a Modbus TCP connection is re-opened too (a stalled server
+            // would later answer stale transactions), but an RTU line is kept: a silent
+            // slave is normal on a bus, and the RTU client clears its input before each
+            // request, so a late frame cannot pass for the next answer (it would at worst
+            // fail the header check and be counted as a protocol error).
+            if kind != Fault::Timeout || matches!(self.transport, TransportConfig::Tcp { .. }) {
+                self.conn = None;
+            }
             let delay = dev.backoff.next_delay();
             dev.retry_at = Some(Instant::now() + delay.max(Duration::from_millis(1)));
             if dev.metrics.online.swap(false, Relaxed) || dev.backoff.attempts() == 1 {
