@@ -1031,4 +1031,34 @@ mod tests {
 
         assert!(pt("device = \"d\"\naddress = 1\nwhatever = 2").is_err());
     }
+
+    #[test]
+    fn json_schema_documents_every_field() {
+        let dev = serde_json::to_value(schemars::schema_for!(ModbusDeviceConfig))
+            .expect("schema serialises");
+        let pt = serde_json::to_value(schemars::schema_for!(ModbusPointConfig))
+            .expect("schema serialises");
+        for (schema, fields) in [
+            (
+                &dev,
+                &["id", "transport", "unit", "poll_interval_ms", "max_gap"][..],
+            ),
+            (
+                &pt,
+                &[
+                    "device",
+                    "address",
+                    "type",
+                    "order",
+                    "loop_current",
+                    "status",
+                ][..],
+            ),
+        ] {
+            for f in fields {
+                let d = &schema["properties"][f]["description"];
+                assert!(d.is_string(), "`{f}` has no description in {schema}");
+            }
+        }
+    }
 }

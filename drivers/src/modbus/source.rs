@@ -749,4 +749,60 @@ mod tests {
         }
         sim.shutdown().await;
     }
+
+    /// A controller that freezes behind a live link shows only as a heartbeat bit that
+    /// stops toggling: its points go to fault, and come back when it beats again. A ramp
+    /// driven by scenario code arrives as such.
+    #[tokio::test]
+    async fn frozen_heartbeat_is_a_fault_and_ramps_arrive() {
+        let sim = sim::serve(
+            "127.0.0.1:0".parse().expect("addr"),
+            &[SimDeviceSpec {
+                unit: 1,
+                kind: SimKind::Midas,
+            }],
+        )
+        .await
+        .expect("sim binds");
+        let dev = toml::from_str::<ModbusDeviceConfig>(&format!(
+            "id = \"midas\"\npoll_interval_ms = 50\ntimeout_ms = 500\ntransport = {{ kind = \"tcp\", host = \"127.0.0.1\", port = {} }}",
+            sim.addr().port()
+        ))
+        .expect("parses")
+        .validate()
+        .expect("valid");
+        let map = toml::from_str::<ModbusPointConfig>(
+            r#"device = "midas"
+               address = 2
+               type = "f32"
+               order = "CDAB"
+               status = { address = 0, fault_bit = 1, heartbeat_bit = 11, heartbeat_timeout_ms = 3000 }"#,
+        )
+        .expect("parses")
+        .validate()
+        .expect("valid");
+        let p = point(0, Unit::PercentLel, 100.0);
+        let plan = plan(&[dev], [(p.id, &map, &p)]).expect("plans");
+        let (tx, mut rx) = mpsc::channel(64);
+        let stop = CancellationToken::new();
+        let tasks = spawn(&plan, tx, Arc::new(ModbusMetrics::new(&plan)), stop.clone());
+
+        sim.ramp(1, "gas", 60.0, Duration::from_millis(500))
+            .expect("unit 1");
+        next_for(&mut rx, PointId(0), |r| {
+            r.value == 60.0 && r.quality.is_good()
+        })
+        .await;
+        // Freeze the status word (heartbeat stops).
+        sim.set_register(1, Function::Holding, 0, Some(0))
+            .expect("unit 1");
+        next_for(&mut rx, PointId(0), |r| r.quality == Quality::Fault).await;
+        sim.set_register(1, Function::Holding, 0, None)
+            .expect("unit 1");
+        next_for(&mut rx, PointId(0), |r| r.quality.is_good()).await;
+        stop.cancel();
+        for t in tasks {
+            t.await.expect("task ends cleanly");
+        }
+    }
 }
