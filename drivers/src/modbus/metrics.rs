@@ -48,7 +48,8 @@ pub struct DeviceMetrics {
     pub latency_us_max: AtomicU64,
     /// Latency of the last answered request, µs.
     pub latency_us_last: AtomicU64,
-    /// Wall time of the last fully successful poll, ms since the Unix epoch (0 = never).
+    /// Wall time of the last poll the device answered (data or exceptions), ms since the
+    /// Unix epoch (0 = never).
     pub last_success_ms: AtomicU64,
     /// Whether the device is currently reachable (last poll got answers).
     pub online: AtomicBool,

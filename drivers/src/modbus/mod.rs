@@ -18,7 +18,7 @@
 //!   devices) for the demo, `simulate`, benchmarks and fault injection.
 //!
 //! ## Wiring (daemon)
-//! ```ignore
+//! ```text
 //! // config: Vec<ModbusDeviceConfig> from [[modbus_device]], Option<ModbusPointConfig> per [[point]]
 //! let devices: Vec<ModbusDevice> = /* each cfg.validate(), errors: field inside that table */;
 //! let mappings: Vec<(PointId, ModbusMapping)> = /* each point's modbus.validate() */;

@@ -390,6 +390,8 @@ impl LineTask {
             if kind != Fault::Timeout || matches!(self.transport, TransportConfig::Tcp { .. }) {
                 self.conn = None;
             }
+            // The heartbeat watch starts afresh when the device answers again.
+            dev.heartbeats.iter_mut().for_each(|h| *h = None);
             let delay = dev.backoff.next_delay();
             dev.retry_at = Some(Instant::now() + delay.max(Duration::from_millis(1)));
             if dev.metrics.online.swap(false, Relaxed) || dev.backoff.attempts() == 1 {
