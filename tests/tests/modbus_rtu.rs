@@ -4,6 +4,7 @@
 mod modbus_common;
 
 use modbus_common::{Rig, device, mapping, point};
+use parkguard_drivers::modbus::metrics::LATENESS_BUCKETS_US;
 use parkguard_rules::{PointId, Quality, Unit};
 use parkguard_tests::servers::{pymodbus, socat};
 use serde_json::json;
@@ -152,7 +153,12 @@ async fn dead_slave_does_not_stall_the_live_one() {
     assert!(live_m.online && live_m.timeouts == 0, "{live_m:?}");
     // The probes of the dead slave (150 ms of line time each) were fitted between the live
     // slave's 200 ms slots instead of pushing it off them.
-    let late = live_m.lateness[8..].iter().sum::<u64>(); // buckets above 20 ms
+    let above_20ms = LATENESS_BUCKETS_US
+        .iter()
+        .position(|b| *b == 20_000)
+        .expect("20 ms bucket")
+        + 1;
+    let late = live_m.lateness[above_20ms..].iter().sum::<u64>();
     eprintln!(
         "live polls {} late>20ms {late} max {} us; dead probes {}",
         live_m.polls, live_m.lateness_us_max, dead_m.timeouts

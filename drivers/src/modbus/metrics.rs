@@ -8,9 +8,9 @@ use std::time::Duration;
 
 /// Upper bounds (µs) of the poll-start lateness histogram buckets; a last bucket holds
 /// everything above.
-pub const LATENESS_BUCKETS_US: [u64; 14] = [
-    100, 250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
-    1_000_000, 5_000_000,
+pub const LATENESS_BUCKETS_US: [u64; 19] = [
+    100, 250, 500, 1_000, 1_500, 2_000, 3_000, 5_000, 7_500, 10_000, 15_000, 20_000, 30_000,
+    50_000, 100_000, 200_000, 500_000, 1_000_000, 5_000_000,
 ];
 
 /// Counters of one device.
@@ -205,8 +205,8 @@ mod tests {
         m.record_lateness(Duration::from_millis(30));
         let s = m.snapshot();
         assert_eq!(s.lateness_quantile_us(0.5), 100);
-        assert_eq!(s.lateness_quantile_us(0.99), 5_000);
-        assert_eq!(s.lateness_quantile_us(1.0), 50_000);
+        assert_eq!(s.lateness_quantile_us(0.99), 3_000);
+        assert_eq!(s.lateness_quantile_us(1.0), 30_000);
         assert_eq!(s.lateness_us_max, 30_000);
     }
 }
