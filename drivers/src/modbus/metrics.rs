@@ -22,6 +22,9 @@ pub struct DeviceMetrics {
     pub polls: AtomicU64,
     /// Scheduled polls skipped because the line was still busy past their slot.
     pub polls_skipped: AtomicU64,
+    /// Polls that started late because another device's poll still held the shared line
+    /// at their due time (line saturation or a slow/dead neighbour).
+    pub polls_delayed_by_line: AtomicU64,
     /// Requests sent.
     pub requests: AtomicU64,
     /// Requests answered with data.
@@ -89,6 +92,7 @@ impl DeviceMetrics {
             id: self.id.clone(),
             polls: self.polls.load(Relaxed),
             polls_skipped: self.polls_skipped.load(Relaxed),
+            polls_delayed_by_line: self.polls_delayed_by_line.load(Relaxed),
             requests: self.requests.load(Relaxed),
             responses: self.responses.load(Relaxed),
             exceptions: self.exceptions.load(Relaxed),
@@ -117,6 +121,7 @@ pub struct DeviceSnapshot {
     pub id: String,
     pub polls: u64,
     pub polls_skipped: u64,
+    pub polls_delayed_by_line: u64,
     pub requests: u64,
     pub responses: u64,
     pub exceptions: u64,

@@ -129,6 +129,8 @@ struct LineTask {
     /// Minimum silence between frames (serial lines: 3.5 characters, ≥ 1.75 ms).
     frame_gap: Duration,
     last_frame_end: Instant,
+    /// When the previous poll on this line finished.
+    last_poll_end: Instant,
 }
 
 fn seed(s: &str) -> u64 {
@@ -194,6 +196,7 @@ impl LineTask {
             next_connect: now,
             frame_gap,
             last_frame_end: now,
+            last_poll_end: now,
         }
     }
 
@@ -220,6 +223,9 @@ impl LineTask {
             {
                 let d = &mut self.devices[i];
                 d.metrics.polls.fetch_add(1, Relaxed);
+                if self.last_poll_end > due + Duration::from_millis(1) {
+                    d.metrics.polls_delayed_by_line.fetch_add(1, Relaxed);
+                }
                 d.metrics
                     .record_lateness(started.saturating_duration_since(due));
                 // Absolute schedule; skip slots already missed.
@@ -236,6 +242,7 @@ impl LineTask {
                 () = shutdown.cancelled() => return,
                 k = self.poll(i, started, poll_time) => k,
             };
+            self.last_poll_end = Instant::now();
             if !keep_going {
                 debug!("engine channel closed; stopping");
                 return;
@@ -259,7 +266,10 @@ impl LineTask {
         if now < at || now.saturating_duration_since(at) >= d.plan.device.reconnect_max {
             return false;
         }
-        let need = d.plan.device.timeout + self.frame_gap * 2;
+        // Worst case of a probe: one timeout, the silent intervals around it, and a little
+        // room for timer and scheduling slack.
+        let t = d.plan.device.timeout;
+        let need = t + self.frame_gap * 2 + (t / 10).max(Duration::from_millis(5));
         let free_until = self
             .devices
             .iter()
