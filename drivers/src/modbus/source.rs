@@ -817,4 +817,52 @@ mod tests {
             t.await.expect("task ends cleanly");
         }
     }
+
+    /// A full engine channel never blocks the poller: batches are dropped and counted, and
+    /// polling goes on at its interval.
+    #[tokio::test]
+    async fn full_channel_drops_and_counts() {
+        let sim = sim::serve(
+            "127.0.0.1:0".parse().expect("addr"),
+            &[SimDeviceSpec {
+                unit: 1,
+                kind: SimKind::Oldham,
+            }],
+        )
+        .await
+        .expect("sim binds");
+        let dev = toml::from_str::<ModbusDeviceConfig>(&format!(
+            "id = \"o\"\npoll_interval_ms = 20\ntransport = {{ kind = \"tcp\", host = \"127.0.0.1\", port = {} }}",
+            sim.addr().port()
+        ))
+        .expect("parses")
+        .validate()
+        .expect("valid");
+        let map =
+            toml::from_str::<ModbusPointConfig>("device = \"o\"\naddress = 101\ntype = \"i16\"")
+                .expect("parses")
+                .validate()
+                .expect("valid");
+        let p = point(0, Unit::Ppm, 1000.0);
+        let plan = plan(&[dev], [(p.id, &map, &p)]).expect("plans");
+        let metrics = Arc::new(ModbusMetrics::new(&plan));
+        // Capacity 1 and nobody reading.
+        let (tx, rx) = mpsc::channel(1);
+        let stop = CancellationToken::new();
+        let tasks = spawn(&plan, tx, Arc::clone(&metrics), stop.clone());
+        let m = Arc::clone(&metrics.devices()[0]);
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while m.polls.load(Relaxed) < 10 || m.readings_dropped.load(Relaxed) < 5 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("polling goes on and drops are counted");
+        assert_eq!(m.readings_sent.load(Relaxed), 1);
+        stop.cancel();
+        for t in tasks {
+            t.await.expect("task ends cleanly");
+        }
+        drop(rx);
+    }
 }
