@@ -102,13 +102,14 @@ async fn dead_slave_does_not_stall_the_live_one() {
             &pty.b,
             "poll_interval_ms = 400\ntimeout_ms = 300\nreconnect_min_ms = 100\nreconnect_max_ms = 1000",
         )),
-        // A different interval, so its probes fall at every phase of the live slave's cycle;
-        // each probe occupies the line for its 150 ms timeout.
+        // Same interval, its slots half-way between the live slave's (the line staggers
+        // them): a probe occupying the line for its 250 ms timeout in its own slot would
+        // run into the live slave's next slot every time.
         device(&rtu_device(
             "dead",
             2,
             &pty.b,
-            "poll_interval_ms = 130\ntimeout_ms = 150\nreconnect_min_ms = 300\nreconnect_max_ms = 1000",
+            "poll_interval_ms = 400\ntimeout_ms = 250\nreconnect_min_ms = 300\nreconnect_max_ms = 1000",
         )),
     ];
     let maps = [
@@ -126,6 +127,12 @@ async fn dead_slave_does_not_stall_the_live_one() {
         .await;
     rig.wait_for(1, "dead comm-lost", |r| r.quality == Quality::CommLost)
         .await;
+    // The first failure of the dead slave (before anyone knew it was dead) took its own
+    // slot and may have delayed the live one once; measure from after that.
+    rig.wait_for(0, "live good after the first failure", |r| {
+        r.quality.is_good()
+    })
+    .await;
     let before = rig.metrics.snapshot();
 
     let window = Duration::from_secs(8);

@@ -55,7 +55,8 @@ pub struct ModbusDeviceConfig {
     /// the transport (serial path, or serial-server host:port; own connection for `tcp`).
     #[serde(default)]
     pub line: Option<String>,
-    /// Modbus unit id (slave address), 0–247. Default 1.
+    /// Modbus unit id (slave address): 1–247 on RTU lines; 0–255 on Modbus TCP (direct TCP
+    /// devices often want 255 or 0). Default 1.
     #[serde(default = "default_unit")]
     pub unit: u8,
     /// Poll interval, milliseconds. Default 1000.
@@ -255,10 +256,14 @@ impl ModbusDeviceConfig {
         if self.id.trim().is_empty() {
             errs.push(FieldError::new("id", "device id must not be empty"));
         }
-        if self.unit > 247 {
+        let rtu = !matches!(self.transport, TransportConfig::Tcp { .. });
+        if rtu && !(1..=247).contains(&self.unit) {
             errs.push(FieldError::new(
                 "unit",
-                format!("unit id {} is not a slave address (0–247)", self.unit),
+                format!(
+                    "unit id {} is not an RTU slave address (1–247; 0 is broadcast and never answers)",
+                    self.unit
+                ),
             ));
         }
         if self.poll_interval_ms == 0 {
@@ -912,6 +917,15 @@ mod tests {
             }
         );
         assert_eq!(d.line, "tcp device midas-1");
+        let direct = dev(r#"
+            id = "plc"
+            unit = 255
+            transport = { kind = "tcp", host = "10.0.0.6" }
+        "#)
+        .expect("parses")
+        .validate()
+        .expect("unit 255 is fine on Modbus TCP");
+        assert_eq!(direct.unit, 255);
 
         let r = dev(r#"
             id = "gds-a"
@@ -946,6 +960,7 @@ mod tests {
         );
         let errs = dev(r#"
             id = "x"
+            unit = 0
             transport = { kind = "rtu", path = "", data_bits = 9 }
             max_registers = 200
             address_base = 2
@@ -957,6 +972,7 @@ mod tests {
         assert_eq!(
             fields,
             [
+                "unit",
                 "max_registers",
                 "address_base",
                 "transport.path",

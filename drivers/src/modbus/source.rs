@@ -129,8 +129,9 @@ struct LineTask {
     /// Minimum silence between frames (serial lines: 3.5 characters, ≥ 1.75 ms).
     frame_gap: Duration,
     last_frame_end: Instant,
-    /// When the previous poll on this line finished.
+    /// When the previous poll on this line finished, and whose it was.
     last_poll_end: Instant,
+    last_poll_device: Option<usize>,
 }
 
 fn seed(s: &str) -> u64 {
@@ -197,6 +198,7 @@ impl LineTask {
             frame_gap,
             last_frame_end: now,
             last_poll_end: now,
+            last_poll_device: None,
         }
     }
 
@@ -223,7 +225,9 @@ impl LineTask {
             {
                 let d = &mut self.devices[i];
                 d.metrics.polls.fetch_add(1, Relaxed);
-                if self.last_poll_end > due + Duration::from_millis(1) {
+                if self.last_poll_device != Some(i)
+                    && self.last_poll_end > due + Duration::from_millis(1)
+                {
                     d.metrics.polls_delayed_by_line.fetch_add(1, Relaxed);
                 }
                 d.metrics
@@ -243,6 +247,7 @@ impl LineTask {
                 k = self.poll(i, started, poll_time) => k,
             };
             self.last_poll_end = Instant::now();
+            self.last_poll_device = Some(i);
             if !keep_going {
                 debug!("engine channel closed; stopping");
                 return;
@@ -269,7 +274,7 @@ impl LineTask {
         // Worst case of a probe: one timeout, the silent intervals around it, and a little
         // room for timer and scheduling slack.
         let t = d.plan.device.timeout;
-        let need = t + self.frame_gap * 2 + (t / 10).max(Duration::from_millis(5));
+        let need = t + self.frame_gap * 2 + (t / 4).max(Duration::from_millis(10));
         let free_until = self
             .devices
             .iter()
