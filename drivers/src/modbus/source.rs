@@ -870,4 +870,66 @@ mod tests {
         }
         drop(rx);
     }
+
+    /// The simulator's 4-in-1 detector, read with the layout its docs give, reports
+    /// plausible clean-air values.
+    #[tokio::test]
+    async fn four_in_one_sim_reads_clean_air() {
+        let sim = sim::serve(
+            "127.0.0.1:0".parse().expect("addr"),
+            &[SimDeviceSpec {
+                unit: 3,
+                kind: SimKind::FourInOne,
+            }],
+        )
+        .await
+        .expect("sim binds");
+        let dev = toml::from_str::<ModbusDeviceConfig>(&format!(
+            "id = \"d\"\nunit = 3\npoll_interval_ms = 50\ntransport = {{ kind = \"tcp\", host = \"127.0.0.1\", port = {} }}",
+            sim.addr().port()
+        ))
+        .expect("parses")
+        .validate()
+        .expect("valid");
+        let maps: Vec<_> = [
+            "address = 0\ndecimals = 1",
+            "address = 1\ndecimals = 1",
+            "address = 2",
+            "address = 3",
+        ]
+        .iter()
+        .map(|m| {
+            toml::from_str::<ModbusPointConfig>(&format!(
+                "device = \"d\"\n{m}\nstatus = {{ address = 8, fault_bit = 0 }}"
+            ))
+            .expect("parses")
+            .validate()
+            .expect("valid")
+        })
+        .collect();
+        let pts = [
+            point(0, Unit::PercentLel, 100.0),
+            point(1, Unit::PercentVol, 30.0),
+            point(2, Unit::Ppm, 100.0),
+            point(3, Unit::Ppm, 1000.0),
+        ];
+        let plan = plan(&[dev], maps.iter().zip(&pts).map(|(m, p)| (p.id, m, p))).expect("plans");
+        assert_eq!(plan.read_count(), 1, "registers 0–8 in one read");
+        let (tx, mut rx) = mpsc::channel(64);
+        let stop = CancellationToken::new();
+        let tasks = spawn(&plan, tx, Arc::new(ModbusMetrics::new(&plan)), stop.clone());
+        let batch = rx.recv().await.expect("a poll");
+        let v: Vec<(f64, Quality)> = batch.iter().map(|r| (r.value, r.quality)).collect();
+        assert!(v.iter().all(|(_, q)| q.is_good()), "{v:?}");
+        assert!((0.0..=2.0).contains(&v[0].0), "CH4 {v:?}");
+        assert!((20.5..=21.3).contains(&v[1].0), "O2 {v:?}");
+        assert!((0.0..=3.0).contains(&v[2].0), "H2S {v:?}");
+        assert!((0.0..=8.0).contains(&v[3].0), "CO {v:?}");
+        sim.set_fault(3, true).expect("unit 3");
+        next_for(&mut rx, PointId(1), |r| r.quality == Quality::Fault).await;
+        stop.cancel();
+        for t in tasks {
+            t.await.expect("task ends cleanly");
+        }
+    }
 }
