@@ -19,7 +19,13 @@ pub fn run(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result<()> {
             tmp.path().to_path_buf()
         }
     };
-    let mut cfg = crate::config::load_str("demo.toml (embedded)", DEMO_CONFIG).map_err(|e| {
+    // The demo's Modbus gateway is the embedded simulator on a free local port.
+    let sim_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .context("cannot reserve a local port for the Modbus simulator")?;
+    let text = DEMO_CONFIG.replace("port = 15502", &format!("port = {sim_port}"));
+    let mut cfg = crate::config::load_str("demo.toml (embedded)", &text).map_err(|e| {
         anyhow::anyhow!(
             "embedded demo config is invalid (a build defect): {}",
             e.iter()
@@ -30,5 +36,10 @@ pub fn run(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result<()> {
     })?;
     cfg.data.dir = dir;
     cfg.api.listen = listen.to_string();
-    crate::run::run_config(cfg)
+    crate::run::run_config_with(
+        cfg,
+        crate::run::Extras {
+            modbus_sim: Some(std::net::SocketAddr::from(([127, 0, 0, 1], sim_port))),
+        },
+    )
 }

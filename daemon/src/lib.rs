@@ -10,3 +10,4 @@ pub mod demo;
 pub mod drill;
 pub mod engine_task;
 pub mod run;
+pub mod topology;

@@ -24,8 +24,20 @@ pub fn run_file(path: &Path) -> Result<()> {
     run_config(cfg)
 }
 
+/// What `demo` adds to a plain `run`.
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    /// Serve the Modbus simulator (the demo devices) here before the pollers start.
+    pub modbus_sim: Option<std::net::SocketAddr>,
+}
+
 /// Run a validated config until SIGTERM/SIGINT.
 pub fn run_config(cfg: ParkConfig) -> Result<()> {
+    run_config_with(cfg, Extras::default())
+}
+
+/// Run a validated config with demo extras until SIGTERM/SIGINT.
+pub fn run_config_with(cfg: ParkConfig, extras: Extras) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -36,9 +48,22 @@ pub fn run_config(cfg: ParkConfig) -> Result<()> {
         std::fs::create_dir_all(&cfg.data.dir)
             .with_context(|| format!("cannot create data dir {}", cfg.data.dir.display()))?;
         let shutdown = CancellationToken::new();
+        let _sim = match extras.modbus_sim {
+            Some(addr) => Some(
+                parkguard_drivers::modbus::sim::serve(
+                    addr,
+                    &parkguard_drivers::modbus::sim::demo_devices(),
+                )
+                .await
+                .with_context(|| format!("cannot start the Modbus simulator on {addr}"))?,
+            ),
+            None => None,
+        };
+        let running = crate::topology::start(&cfg, shutdown.clone()).await?;
         info!(summary = %cfg.summary(), data_dir = %cfg.data.dir.display(), "parkguard started");
         wait_for_signal(shutdown.clone()).await;
         info!("shutting down");
+        running.stop().await;
         Ok(())
     })
 }

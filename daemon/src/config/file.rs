@@ -31,7 +31,7 @@ pub struct ParkFile {
     pub enterprise: Vec<EnterpriseEntry>,
     /// Modbus devices (TCP, RTU on a serial line, RTU over TCP).
     #[serde(default)]
-    pub modbus_device: Vec<serde_json::Value>,
+    pub modbus_device: Vec<parkguard_drivers::modbus::ModbusDeviceConfig>,
     /// MQTT brokers parkguard connects to.
     #[serde(default)]
     pub mqtt_broker: Vec<serde_json::Value>,
@@ -162,7 +162,7 @@ pub struct PointEntry {
     #[serde(default)]
     pub limits: LimitsEntry,
     /// How the point is read from a Modbus device.
-    pub modbus: Option<serde_json::Value>,
+    pub modbus: Option<parkguard_drivers::modbus::ModbusPointConfig>,
 }
 
 /// `limits = { ... }` of a point. Gas points: `level1`/`level2` (or `h`/`hh`); oxygen `l`

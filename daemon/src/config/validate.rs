@@ -2,6 +2,9 @@
 
 use super::file::*;
 use super::load::{ConfigError, Item, Source, span_of};
+use parkguard_drivers::modbus::{
+    self, ModbusDevice, ModbusDeviceConfig, ModbusMapping, ModbusPlan, PlanTarget,
+};
 use parkguard_rules::defaults;
 use parkguard_rules::engine::{EngineConfig, VoteGroup, VoteGroupConfig};
 use parkguard_rules::model::{Flatline, RateOfChange};
@@ -22,7 +25,7 @@ pub(super) struct Raw<'i> {
     pub alarm: Option<(EngineConfig, Spanned<DeValue<'i>>)>,
     pub influx: Option<serde_json::Value>,
     pub enterprises: Vec<Item<'i, EnterpriseEntry>>,
-    pub modbus_devices: Vec<Item<'i, serde_json::Value>>,
+    pub modbus_devices: Vec<Item<'i, ModbusDeviceConfig>>,
     pub mqtt_brokers: Vec<Item<'i, serde_json::Value>>,
     pub mqtt_subscriptions: Vec<Item<'i, serde_json::Value>>,
     pub points: Vec<Item<'i, PointEntry>>,
@@ -46,8 +49,10 @@ pub struct ParkConfig {
     pub engine: EngineConfig,
     /// `[influx]` as written.
     pub influx: Option<serde_json::Value>,
-    /// `[[modbus_device]]` as written.
-    pub modbus_devices: Vec<serde_json::Value>,
+    /// `[[modbus_device]]`, validated.
+    pub modbus_devices: Vec<ModbusDevice>,
+    /// The Modbus request plan (lines, merged reads, point slots), computed once.
+    pub modbus_plan: ModbusPlan,
     /// `[[mqtt_broker]]` as written.
     pub mqtt_brokers: Vec<serde_json::Value>,
     /// `[[mqtt_subscription]]` as written.
@@ -165,26 +170,39 @@ pub(super) fn validate(
         });
     }
 
-    // [[modbus_device]] ids (typed validation by the Modbus driver module)
+    // [[modbus_device]]
     let mut device_ids: HashMap<String, usize> = HashMap::new();
-    for item in &raw.modbus_devices {
-        match item.value.get("id").and_then(|v| v.as_str()) {
-            Some(id) => {
-                if device_ids.insert(id.to_string(), 0).is_some() {
-                    cx.at(
-                        item.span_of("id"),
-                        format!("duplicate Modbus device id `{id}`"),
-                    );
+    let mut devices: Vec<ModbusDevice> = Vec::new();
+    for (i, item) in raw.modbus_devices.iter().enumerate() {
+        let id = &item.value.id;
+        if device_ids.insert(id.clone(), i).is_some() {
+            cx.at(
+                item.span_of("id"),
+                format!("duplicate Modbus device id `{id}`"),
+            );
+            continue;
+        }
+        match item.value.validate() {
+            Ok(d) => devices.push(d),
+            Err(es) => {
+                for fe in es {
+                    cx.at(item.span_of(&fe.field), fe.message);
                 }
             }
-            None => cx.at(item.span_of(""), "Modbus device needs an `id`"),
         }
     }
+    let poll_interval: HashMap<&str, Duration> = devices
+        .iter()
+        .map(|d| (d.id.as_str(), d.poll_interval))
+        .collect();
 
     // [[point]]
     let mut tags: HashMap<String, usize> = HashMap::new();
     let mut points = Vec::with_capacity(raw.points.len());
-    for item in &raw.points {
+    // Index into raw.points of each accepted point, and its Modbus mapping.
+    let mut point_items: Vec<usize> = Vec::with_capacity(raw.points.len());
+    let mut mappings: Vec<(PointId, ModbusMapping)> = Vec::new();
+    for (item_index, item) in raw.points.iter().enumerate() {
         let p = &item.value;
         let before = cx.errors.len();
         if p.tag.trim().is_empty() {
@@ -226,14 +244,26 @@ pub(super) fn validate(
             );
         }
         let mut device = None;
+        let mut mapping = None;
         if let Some(m) = &p.modbus {
-            match m.get("device").and_then(|d| d.as_str()) {
-                Some(d) if device_ids.contains_key(d) => device = Some(d.to_string()),
-                Some(d) => cx.at(
+            if device_ids.contains_key(&m.device) {
+                device = Some(m.device.clone());
+            } else {
+                cx.at(
                     item.span_of("modbus.device"),
-                    format!("point `{}` reads from Modbus device `{d}`, which no `[[modbus_device]]` defines", p.tag),
-                ),
-                None => cx.at(item.span_of("modbus"), "`modbus` needs `device`"),
+                    format!(
+                        "point `{}` reads from Modbus device `{}`, which no `[[modbus_device]]` defines",
+                        p.tag, m.device
+                    ),
+                );
+            }
+            match m.validate() {
+                Ok(v) => mapping = Some(v),
+                Err(es) => {
+                    for fe in es {
+                        cx.at(item.span_of(&format!("modbus.{}", fe.field)), fe.message);
+                    }
+                }
             }
         }
         let limits = validate_limits(&mut cx, item, p);
@@ -241,8 +271,17 @@ pub(super) fn validate(
             continue;
         }
         let Some(limits) = limits else { continue };
+        let id = PointId(points.len() as u32);
+        point_items.push(item_index);
+        if let Some(m) = mapping {
+            mappings.push((id, m));
+        }
+        let default_interval = device
+            .as_deref()
+            .and_then(|d| poll_interval.get(d).copied())
+            .unwrap_or(Duration::from_secs(10));
         points.push(Point {
-            id: PointId(points.len() as u32),
+            id,
             tag: p.tag.clone(),
             name: p.name.clone(),
             enterprise: p.enterprise.clone(),
@@ -255,7 +294,7 @@ pub(super) fn validate(
             range_lo: lo,
             range_hi: hi,
             limits,
-            expected_interval: p.interval.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
+            expected_interval: p.interval.map(|d| d.0).unwrap_or(default_interval),
             location: p.location,
         });
     }
@@ -265,6 +304,40 @@ pub(super) fn validate(
         Err(e) => {
             cx.at(root_span.start..root_span.start, e);
             return None;
+        }
+    };
+
+    // Modbus request plan: cross checks between devices and point mappings.
+    let modbus_plan = match modbus::plan(
+        &devices,
+        mappings
+            .iter()
+            .filter_map(|(id, m)| table.get(*id).map(|p| (*id, m, p))),
+    ) {
+        Ok(plan) => Some(plan),
+        Err(errs) => {
+            for e in errs {
+                match e.target {
+                    PlanTarget::Device(id) => {
+                        if let Some(&i) = device_ids.get(&id) {
+                            let item = &raw.modbus_devices[i];
+                            cx.at(item.span_of(&e.error.field), e.error.message);
+                        }
+                    }
+                    PlanTarget::Point(pid) => {
+                        if let Some(&i) = point_items.get(pid.index()) {
+                            let item = &raw.points[i];
+                            let field = if e.error.field.is_empty() {
+                                "modbus".to_string()
+                            } else {
+                                format!("modbus.{}", e.error.field)
+                            };
+                            cx.at(item.span_of(&field), e.error.message);
+                        }
+                    }
+                }
+            }
+            None
         }
     };
 
@@ -299,6 +372,7 @@ pub(super) fn validate(
         }
     }
     let park = park?;
+    let modbus_plan = modbus_plan?;
     Some(ParkConfig {
         park,
         data: raw.data.unwrap_or_default(),
@@ -307,7 +381,8 @@ pub(super) fn validate(
         table: Arc::new(table),
         engine,
         influx: raw.influx,
-        modbus_devices: raw.modbus_devices.into_iter().map(|i| i.value).collect(),
+        modbus_devices: devices,
+        modbus_plan,
         mqtt_brokers: raw.mqtt_brokers.into_iter().map(|i| i.value).collect(),
         mqtt_subscriptions: raw
             .mqtt_subscriptions
