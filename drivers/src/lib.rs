@@ -5,5 +5,8 @@
 //! tests beside it, and the runtime loop (`source.rs` / `sink.rs`).
 //!
 //! Shared pieces: [`backoff`] (reconnect back-off used by every driver).
+//!
+//! Protocols: [`mqtt`] (subscribe, publish, embedded broker, simulator).
 
 pub mod backoff;
+pub mod mqtt;
