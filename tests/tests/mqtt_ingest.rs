@@ -244,6 +244,22 @@ async fn json_and_number_payloads_with_wildcards_units_and_times() -> Result<()>
     assert_eq!(got[4].point, PointId(1));
     assert_eq!(got[4].quality, Quality::Maintenance);
 
+    // A late reading (older than the newest of AT-101) is still handed over for storage,
+    // and counted as out of order.
+    pub_(
+        &server,
+        "park/e1/gds/AT-101",
+        r#"{"value": 0.5, "unit": "mg/m3", "ts": 1764143999000}"#,
+    );
+    let late = collect(&mut run.rx, 1, Duration::from_secs(10)).await;
+    assert_eq!(late.len(), 1);
+    assert_eq!(
+        late[0].source_time,
+        Timestamp::from_millis(1_764_143_999_000)
+    );
+    assert_eq!(late[0].value, 0.5);
+    assert_eq!(run.stats.out_of_order.load(Relaxed), 1);
+
     wait_for("unknown tag counted", Duration::from_secs(5), || {
         run.stats.rejected.load(Relaxed) >= 1
     })

@@ -13,6 +13,9 @@
 //! - **Reconnect** with the shared [`Backoff`] (rumqttc has none); a source never returns
 //!   on a transport fault, only on shutdown or when the engine channel is closed.
 //!
+//! Routing: a message goes to the first subscription (in config order) whose filter
+//! matches its topic; overlapping filters are allowed, the earlier one wins.
+//!
 //! Ordering and duplicates: every reading is forwarded (storage wants late data too), and
 //! readings older than the newest one of their point are counted in
 //! [`MqttStats::out_of_order`]. **The engine must not move a point's live value backwards:
@@ -45,6 +48,9 @@ use tracing::{Instrument, info, warn};
 /// Readings per hand-over at most (a batch is handed over earlier whenever the messages
 /// already read from the socket are used up).
 const MAX_BATCH: usize = 4096;
+/// Initial capacity of a batch: a socket read yields about 10 packets (rumqttc reads at
+/// most 10 per poll), so a small vector that grows rarely beats a large one per hand-over.
+const BATCH_CAPACITY: usize = 32;
 
 /// Wall-clock now as a [`Timestamp`].
 pub fn now() -> Timestamp {
@@ -97,7 +103,7 @@ pub fn spawn_subscriber(
         table,
         tx,
         stats,
-        batch: Vec::with_capacity(MAX_BATCH),
+        batch: Vec::with_capacity(BATCH_CAPACITY),
         to_ack: Vec::new(),
     };
     Ok(tokio::spawn(
@@ -148,7 +154,7 @@ impl Subscriber {
                         "mqtt connected"
                     );
                     if !ack.session_present || !subscribed_once {
-                        if subscribed_once {
+                        if subscribed_once && !self.broker.clean_session {
                             self.stats.sessions_lost.fetch_add(1, Relaxed);
                             warn!("broker lost the session; subscribing again");
                         }
@@ -291,7 +297,7 @@ impl Subscriber {
     async fn flush(&mut self, el: &mut EventLoop, shutdown: &CancellationToken) -> Flow {
         if !self.batch.is_empty() {
             let n = self.batch.len() as u64;
-            let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(MAX_BATCH));
+            let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_CAPACITY));
             let sent = tokio::select! {
                 biased;
                 r = self.tx.send(batch) => r.is_ok(),

@@ -140,8 +140,12 @@ enum Kind {
 
 fn numeric(v: &MetricValue, datatype: u32) -> Option<f64> {
     Some(match v {
+        // Signed types are two's complement of their own width: Tahu sign-extends to 32
+        // bits, pysparkplug does not; the low bits agree, so read only those.
         MetricValue::IntValue(u) => match datatype {
-            datatype::INT8 | datatype::INT16 | datatype::INT32 => f64::from(*u as i32),
+            datatype::INT8 => f64::from(*u as u8 as i8),
+            datatype::INT16 => f64::from(*u as u16 as i16),
+            datatype::INT32 => f64::from(*u as i32),
             _ => f64::from(*u),
         },
         MetricValue::LongValue(u) => match datatype {
@@ -385,6 +389,81 @@ mod tests {
         assert_eq!(d.readings[0].tag, "AT-101");
         assert_eq!(d.readings[0].value, -5.0);
         assert_eq!(d.readings[0].source_time, Timestamp::from_millis(1000));
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// Payloads encoded by an independent implementation, PyPI `pysparkplug` 0.6.1:
+    /// ```python
+    /// import pysparkplug as p
+    /// ts = 1764144000000
+    /// p.DBirth(timestamp=ts, seq=1, metrics=(
+    ///     p.Metric(timestamp=ts, name="AT-101", datatype=p.DataType.FLOAT, value=0.25, alias=1),
+    ///     p.Metric(timestamp=ts, name="TT-7", datatype=p.DataType.INT16, value=-40, alias=2),
+    ///     p.Metric(timestamp=ts, name="LS-1", datatype=p.DataType.BOOLEAN, value=True, alias=3),
+    ///     p.Metric(timestamp=ts, name="FQ-9", datatype=p.DataType.INT64, value=-5000000000,
+    ///              alias=4))).encode().hex()
+    /// p.DData(timestamp=ts+1000, seq=2, metrics=(
+    ///     p.Metric(timestamp=ts+1000, name=None, datatype=p.DataType.FLOAT, value=1.5, alias=1),
+    ///     p.Metric(timestamp=ts+900, name=None, datatype=p.DataType.INT16, value=-12, alias=2),
+    ///     p.Metric(timestamp=ts+1000, name=None, datatype=p.DataType.INT64, value=7,
+    ///              alias=4))).encode().hex()
+    /// ```
+    #[test]
+    fn decodes_pysparkplug_vectors() {
+        let dbirth = hex(
+            "0880d8b4f9ab3312180a0641542d31303110011880d8b4f9ab332009650000803e12150a0454542d37\
+             10021880d8b4f9ab33200250d8ff0312130a044c532d3110031880d8b4f9ab33200b7001121c0a04\
+             46512d3910041880d8b4f9ab33200458809ce8afedffffffff011801",
+        );
+        let ddata = hex(
+            "08e8dfb4f9ab33120e100118e8dfb4f9ab33650000c03f120d10021884dfb4f9ab3350f4ff03120b10\
+             0418e8dfb4f9ab3358071802",
+        );
+        let mut st = SparkplugState::default();
+        let d = st.decode("", "spBv1.0/park/DBIRTH/gw1/gds1", &dbirth, RT);
+        assert_eq!(d.errors, vec![]);
+        let t0 = Timestamp::from_millis(1_764_144_000_000);
+        let view: Vec<_> = d
+            .readings
+            .iter()
+            .map(|r| (r.tag.as_str(), r.value, r.source_time))
+            .collect();
+        assert_eq!(
+            view,
+            [
+                ("AT-101", 0.25, t0),
+                ("TT-7", -40.0, t0),
+                ("LS-1", 1.0, t0),
+                ("FQ-9", -5e9, t0),
+            ]
+        );
+        let d = st.decode("", "spBv1.0/park/DDATA/gw1/gds1", &ddata, RT);
+        assert_eq!(d.errors, vec![]);
+        let view: Vec<_> = d
+            .readings
+            .iter()
+            .map(|r| {
+                (
+                    r.tag.as_str(),
+                    r.value,
+                    r.source_time.millis() - 1_764_144_000_000,
+                )
+            })
+            .collect();
+        assert_eq!(
+            view,
+            [
+                ("AT-101", 1.5, 1000),
+                ("TT-7", -12.0, 900),
+                ("FQ-9", 7.0, 1000)
+            ]
+        );
     }
 
     #[test]
