@@ -160,13 +160,19 @@ async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
 }
 
 /// Publish probes until one reaches the subscriber: proves the subscription is active.
-async fn probe(server: &Server, run: &mut Running, topic: &str, payload: &str) -> Result<()> {
-    for _ in 0..100 {
-        mosquitto::publish(server, topic, payload.as_bytes(), 1, false)?;
-        if !collect(&mut run.rx, 1, Duration::from_millis(200))
+/// Probes sent while the subscription was being set up may still arrive late: they are
+/// drained (300 ms of quiet) before the test goes on.
+async fn probe(server: &Server, run: &mut Running, topic: &str, payload: &[u8]) -> Result<()> {
+    for _ in 0..30 {
+        mosquitto::publish(server, topic, payload, 1, false)?;
+        if !collect(&mut run.rx, 1, Duration::from_secs(1))
             .await
             .is_empty()
         {
+            while !collect(&mut run.rx, 1, Duration::from_millis(300))
+                .await
+                .is_empty()
+            {}
             return Ok(());
         }
     }
@@ -190,7 +196,7 @@ async fn json_and_number_payloads_with_wildcards_units_and_times() -> Result<()>
             "value_field":"v","time_field":"t","time_format":"rfc3339","readings_field":"data"}),
     ]);
     let mut run = start(&broker, s, table(0), 16);
-    probe(&server, &mut run, "park/e1/pt/PT-201", "0").await?;
+    probe(&server, &mut run, "park/e1/pt/PT-201", b"0").await?;
 
     // 10 ppm H2S into a mg/m³ point: 10 × 34.08 / 24.04.
     pub_(
@@ -273,10 +279,13 @@ async fn json_and_number_payloads_with_wildcards_units_and_times() -> Result<()>
     assert_eq!(p.counts.get("unknown_tag"), Some(&1));
     assert_eq!(p.unknown_tags, vec!["AT-999".to_string()]);
     assert!(snap.connected);
-    assert_eq!(
-        snap.acked, snap.messages,
-        "every QoS 1 message acknowledged"
-    );
+    // Acknowledgements follow the hand-over (after a linger of a few ms).
+    wait_for(
+        "every QoS 1 message acknowledged",
+        Duration::from_secs(5),
+        || run.stats.acked.load(Relaxed) == run.stats.messages.load(Relaxed),
+    )
+    .await?;
     run.stop().await;
     Ok(())
 }
@@ -323,18 +332,7 @@ async fn sparkplug_b_birth_aliases_data_and_death() -> Result<()> {
             MetricValue::DoubleValue(0.5),
         )],
     );
-    let mut ok = false;
-    for _ in 0..100 {
-        mosquitto::publish(&server, "spBv1.0/park/NDATA/gw1", &probe_payload, 1, false)?;
-        if !collect(&mut run.rx, 1, Duration::from_millis(200))
-            .await
-            .is_empty()
-        {
-            ok = true;
-            break;
-        }
-    }
-    assert!(ok, "subscription active");
+    probe(&server, &mut run, "spBv1.0/park/NDATA/gw1", &probe_payload).await?;
 
     let dbirth = spb(
         1_764_144_000_000,
@@ -425,7 +423,7 @@ async fn malformed_wrong_types_and_oversize_are_counted_and_survived() -> Result
         "tag_segment":1, "unit_field":"unit", "time_field":"ts"}),
     ]);
     let mut run = start(&broker, s, table(0), 16);
-    probe(&server, &mut run, "d/AT-102", r#"{"value":0}"#).await?;
+    probe(&server, &mut run, "d/AT-102", br#"{"value":0}"#).await?;
 
     pub_(&server, "d/AT-101", r#"{"value": 1.0,"#); // truncated
     pub_(&server, "d/AT-101", "\u{1F4A9} not json at all");
@@ -471,8 +469,14 @@ async fn malformed_wrong_types_and_oversize_are_counted_and_survived() -> Result
     Ok(())
 }
 
+/// Values of the readings, without the probes (-1): on a loaded machine a second probe
+/// may arrive after the first one was seen.
 fn values(readings: &[Reading]) -> BTreeSet<i64> {
-    readings.iter().map(|r| r.value as i64).collect()
+    readings
+        .iter()
+        .map(|r| r.value as i64)
+        .filter(|v| *v != -1)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -483,7 +487,7 @@ async fn persistent_session_delivers_everything_published_while_away() -> Result
         serde_json::json!({"broker":"park","topic":"s/+","format":"number","tag_segment":1});
     let t = table(0);
     let mut run = start(&broker, subs(std::slice::from_ref(&sub_cfg)), t.clone(), 16);
-    probe(&server, &mut run, "s/AT-101", "-1").await?;
+    probe(&server, &mut run, "s/AT-101", b"-1").await?;
     run.stop().await;
 
     // parkguard is away: 1,000 QoS 1 messages, each confirmed by the broker.
@@ -521,7 +525,7 @@ async fn unacknowledged_messages_come_back_after_a_crash_before_hand_over() -> R
         serde_json::json!({"broker":"park","topic":"c/+","format":"number","tag_segment":1});
     let t = table(0);
     let mut run = start(&broker, subs(std::slice::from_ref(&sub_cfg)), t.clone(), 1);
-    probe(&server, &mut run, "c/AT-101", "-1").await?;
+    probe(&server, &mut run, "c/AT-101", b"-1").await?;
     // The probe's ack follows its hand-over a moment later.
     wait_for("probe acknowledged", Duration::from_secs(5), || {
         run.stats.acked.load(Relaxed) == run.stats.messages.load(Relaxed)
@@ -572,7 +576,7 @@ async fn broker_crash_and_restart_reconnects_resubscribes_and_loses_nothing_afte
     let sub_cfg =
         serde_json::json!({"broker":"park","topic":"r/+","format":"number","tag_segment":1});
     let mut run = start(&broker, subs(&[sub_cfg]), table(0), 16);
-    probe(&server, &mut run, "r/AT-101", "-1").await?;
+    probe(&server, &mut run, "r/AT-101", b"-1").await?;
 
     mosquitto::crash_and_restart(&mut server)?;
     // SIGKILL lost the broker's session (nothing autosaved): parkguard must subscribe again.
@@ -583,7 +587,7 @@ async fn broker_crash_and_restart_reconnects_resubscribes_and_loses_nothing_afte
     )
     .await?;
     assert!(run.stats.connection_errors.load(Relaxed) >= 1);
-    probe(&server, &mut run, "r/AT-101", "-1").await?;
+    probe(&server, &mut run, "r/AT-101", b"-1").await?;
     let _ = collect(&mut run.rx, 1000, Duration::from_millis(300)).await; // drain probes
 
     let stop = CancellationToken::new();

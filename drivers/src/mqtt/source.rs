@@ -40,6 +40,7 @@ use parkguard_rules::{PointTable, Reading, Timestamp};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, PubAck, QoS, Request, SubscribeFilter};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +52,12 @@ const MAX_BATCH: usize = 4096;
 /// Initial capacity of a batch: a socket read yields about 10 packets (rumqttc reads at
 /// most 10 per poll), so a small vector that grows rarely beats a large one per hand-over.
 const BATCH_CAPACITY: usize = 32;
+/// A batch of at least this many messages is handed over as soon as the socket has no
+/// more decoded packets; smaller ones linger.
+const FLUSH_MIN: usize = 256;
+/// Longest wait of a small batch for more messages before hand-over (latency added to a
+/// lone reading; an alarm path budget is seconds).
+const LINGER: Duration = Duration::from_millis(2);
 
 /// Wall-clock now as a [`Timestamp`].
 pub fn now() -> Timestamp {
@@ -105,6 +112,7 @@ pub fn spawn_subscriber(
         stats,
         batch: Vec::with_capacity(BATCH_CAPACITY),
         to_ack: Vec::new(),
+        unflushed: 0,
     };
     Ok(tokio::spawn(
         async move { sub.run(client, eventloop, shutdown).await }.instrument(span),
@@ -121,6 +129,8 @@ struct Subscriber {
     newest: Vec<i64>,
     batch: Vec<Reading>,
     to_ack: Vec<u16>,
+    /// Messages received since the last hand-over.
+    unflushed: usize,
 }
 
 enum Flow {
@@ -136,10 +146,24 @@ impl Subscriber {
             seed(&self.broker.client_id),
         );
         let mut subscribed_once = false;
+        // Linger: a small batch waits up to LINGER for more messages before hand-over.
+        let linger = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(linger);
+        let mut lingering = false;
         loop {
             let ev = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                _ = &mut linger, if lingering => {
+                    // Dropping the pending `poll()` here is safe in rumqttc 0.25: it only
+                    // awaits the socket read (a buffered codec) or a flush of already
+                    // encoded bytes; events already decoded stay in `state.events`.
+                    lingering = false;
+                    if let Flow::Stop = self.flush(&mut el, &shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
                 ev = el.poll() => ev,
             };
             match ev {
@@ -193,6 +217,7 @@ impl Subscriber {
                     // Readings already decoded are good: hand them over. Their acks would go
                     // to a dead connection; the broker redelivers those messages.
                     self.to_ack.clear();
+                    lingering = false;
                     if let Flow::Stop = self.flush(&mut el, &shutdown).await {
                         break;
                     }
@@ -210,13 +235,21 @@ impl Subscriber {
                     continue;
                 }
             }
-            // Hand over once the packets already read are used up (or the batch is full).
-            let drained = el.state.events.is_empty() || self.batch.len() >= MAX_BATCH;
-            if drained
-                && (!self.batch.is_empty() || !self.to_ack.is_empty())
-                && let Flow::Stop = self.flush(&mut el, &shutdown).await
-            {
-                break;
+            if self.unflushed == 0 {
+                continue;
+            }
+            // Hand over when the batch is full, or when the packets already read are used
+            // up and the batch is big enough; a small batch lingers (at most LINGER) so that
+            // one hand-over and one acknowledgement write serve many messages.
+            let drained = el.state.events.is_empty();
+            if self.batch.len() >= MAX_BATCH || (drained && self.unflushed >= FLUSH_MIN) {
+                lingering = false;
+                if let Flow::Stop = self.flush(&mut el, &shutdown).await {
+                    break;
+                }
+            } else if !lingering {
+                linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
+                lingering = true;
             }
         }
         self.stats.connected.store(false, Relaxed);
@@ -226,6 +259,7 @@ impl Subscriber {
 
     fn on_publish(&mut self, p: &rumqttc::Publish) {
         self.stats.messages.fetch_add(1, Relaxed);
+        self.unflushed += 1;
         if p.qos != QoS::AtMostOnce {
             self.to_ack.push(p.pkid);
         }
@@ -295,6 +329,7 @@ impl Subscriber {
 
     /// Hand the batch to the engine, then acknowledge the messages it came from.
     async fn flush(&mut self, el: &mut EventLoop, shutdown: &CancellationToken) -> Flow {
+        self.unflushed = 0;
         if !self.batch.is_empty() {
             let n = self.batch.len() as u64;
             let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_CAPACITY));

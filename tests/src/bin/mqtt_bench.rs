@@ -44,12 +44,54 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     println!("mqtt_bench: {n} JSON messages, {POINTS} points, mosquitto on loopback");
+    decode_only(n)?;
     for qos in [0u8, 1] {
         rt.block_on(run(qos, n))?;
     }
     println!(
         "peak RSS of the subscriber process: {:.1} MiB",
         status_kib("VmHWM")? as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// The pure part alone: decode + map + convert, no MQTT.
+fn decode_only(n: usize) -> Result<()> {
+    use parkguard_drivers::mqtt::decode::{decode_stateless, resolve};
+    let sub: MqttSubscriptionConfig = serde_json::from_value(serde_json::json!({
+        "broker": "bench", "topic": "bench/+", "format": "json",
+        "tag_segment": 1, "unit_field": "unit", "time_field": "ts", "quality_field": "quality",
+    }))?;
+    let sub = sub
+        .validate(&["bench"])
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let t = table();
+    let topics: Vec<String> = (0..POINTS).map(|i| format!("bench/X-{i:04}")).collect();
+    let payloads: Vec<Vec<u8>> = (0..POINTS)
+        .map(|i| {
+            json_payload(
+                &topics[i][6..],
+                i as f64 * 0.01,
+                Unit::PercentLel,
+                1_764_144_000_000,
+            )
+        })
+        .collect();
+    let rt = parkguard_rules::Timestamp(0);
+    let cpu0 = cpu_ms()?;
+    let start = Instant::now();
+    let mut ok = 0usize;
+    for i in 0..n {
+        let d = decode_stateless(&sub, &topics[i % POINTS], &payloads[i % POINTS], rt);
+        for r in &d.readings {
+            ok += usize::from(resolve(&t, r, rt).is_ok());
+        }
+    }
+    let wall = start.elapsed().as_secs_f64();
+    println!(
+        "decode+map only: {ok} readings, {:.0} ns wall, {:.2} ms CPU per 1,000 messages",
+        wall * 1e9 / n as f64,
+        (cpu_ms()? - cpu0) / n as f64 * 1000.0
     );
     Ok(())
 }
