@@ -334,6 +334,29 @@ async fn sparkplug_b_birth_aliases_data_and_death() -> Result<()> {
     );
     probe(&server, &mut run, "spBv1.0/park/NDATA/gw1", &probe_payload).await?;
 
+    // Data by alias from a node whose birth parkguard never saw (it started later): the
+    // node is asked to rebirth with an NCMD `Node Control/Rebirth` = true.
+    let ncmd = mosquitto::watch(&server, "spBv1.0/park/NCMD/#")?;
+    let orphan = spb(
+        5,
+        9,
+        vec![spb_metric(
+            None,
+            Some(5),
+            datatype::FLOAT,
+            MetricValue::FloatValue(1.0),
+        )],
+    );
+    mosquitto::publish(&server, "spBv1.0/park/NDATA/gw9", &orphan, 1, false)?;
+    let (topic, payload) = tokio::task::spawn_blocking(move || ncmd.next(Duration::from_secs(10)))
+        .await?
+        .context("no rebirth request")?;
+    assert_eq!(topic, "spBv1.0/park/NCMD/gw9");
+    let cmd: Payload = prost::Message::decode(payload.as_slice())?;
+    assert_eq!(cmd.metrics.len(), 1);
+    assert_eq!(cmd.metrics[0].name.as_deref(), Some("Node Control/Rebirth"));
+    assert_eq!(cmd.metrics[0].value, Some(MetricValue::BooleanValue(true)));
+
     let dbirth = spb(
         1_764_144_000_000,
         1,

@@ -9,7 +9,7 @@
 //!   reconnect with back-off, re-subscribe when the broker lost the session).
 //! - [`stats`]: counters and the per-topic problem list for the API.
 //! - [`publish`]: QoS 1 JSON publisher that reports delivery on PUBACK.
-//! - [`broker`] (feature `embedded-broker`): rumqttd in-process for `parkguard demo`.
+//! - `broker` (feature `embedded-broker`): rumqttd in-process for `parkguard demo`.
 //! - [`sim`]: publishes plausible readings for the demo and `parkguard simulate`.
 //!
 //! TLS uses rustls with the *ring* provider ([`client`]); nothing here builds aws-lc.

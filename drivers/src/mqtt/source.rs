@@ -59,6 +59,13 @@ const FLUSH_MIN: usize = 256;
 /// lone reading; an alarm path budget is seconds).
 const LINGER: Duration = Duration::from_millis(2);
 
+/// Shortest interval between two rebirth requests to the same Sparkplug edge node.
+const REBIRTH_INTERVAL: Duration = Duration::from_secs(30);
+
+fn now_ms() -> u64 {
+    u64::try_from(now().millis()).unwrap_or(0)
+}
+
 /// Wall-clock now as a [`Timestamp`].
 pub fn now() -> Timestamp {
     let d = std::time::SystemTime::now()
@@ -96,7 +103,9 @@ pub fn spawn_subscriber(
     }
     let mut opts = mqtt_options(&broker, &broker.client_id)?;
     opts.set_manual_acks(true);
-    // Requests are only subscribes and the final disconnect: acks bypass the channel.
+    // Requests are only subscribes, Sparkplug rebirth requests and the final disconnect:
+    // acks bypass the channel. Full → a rebirth request is skipped and logged (retried on
+    // the next unknown alias after REBIRTH_INTERVAL).
     let (client, eventloop) = AsyncClient::new(opts, 16);
     let span = tracing::info_span!("mqtt_subscriber", broker = %broker.id);
     let mut sub = Subscriber {
@@ -113,6 +122,7 @@ pub fn spawn_subscriber(
         batch: Vec::with_capacity(BATCH_CAPACITY),
         to_ack: Vec::new(),
         unflushed: 0,
+        rebirths: Default::default(),
     };
     Ok(tokio::spawn(
         async move { sub.run(client, eventloop, shutdown).await }.instrument(span),
@@ -131,6 +141,8 @@ struct Subscriber {
     to_ack: Vec<u16>,
     /// Messages received since the last hand-over.
     unflushed: usize,
+    /// When each Sparkplug edge node was last asked to rebirth.
+    rebirths: std::collections::HashMap<String, std::time::Instant>,
 }
 
 enum Flow {
@@ -209,6 +221,7 @@ impl Subscriber {
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     self.on_publish(&p);
+                    self.request_rebirths(&client);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -323,6 +336,36 @@ impl Subscriber {
                     self.stats
                         .problem(&self.broker.id, topic, rej.reason(), &rej.to_string(), tag);
                 }
+            }
+        }
+    }
+
+    /// Ask Sparkplug edge nodes whose aliases are unknown (parkguard started after their
+    /// birth) to publish their births again; at most once per node per REBIRTH_INTERVAL.
+    fn request_rebirths(&mut self, client: &AsyncClient) {
+        let now = std::time::Instant::now();
+        for st in &mut self.spb {
+            for node in st.take_rebirth_requests() {
+                if self
+                    .rebirths
+                    .get(&node)
+                    .is_some_and(|t| now.duration_since(*t) < REBIRTH_INTERVAL)
+                {
+                    continue;
+                }
+                let Some((group, edge)) = node.split_once('/') else {
+                    continue;
+                };
+                let topic = format!("spBv1.0/{group}/NCMD/{edge}");
+                let payload = super::sparkplug::rebirth_request(now_ms());
+                match client.try_publish(topic, QoS::AtMostOnce, false, payload) {
+                    Ok(()) => info!(node = %node, "sparkplug rebirth requested"),
+                    Err(e) => warn!(node = %node, error = %e, "cannot request sparkplug rebirth"),
+                }
+                if self.rebirths.len() > 10_000 {
+                    self.rebirths.clear();
+                }
+                self.rebirths.insert(node, now);
             }
         }
     }

@@ -5,6 +5,11 @@
 //! A BIRTH names every metric and may give it a numeric alias; DATA messages then carry only
 //! the alias. Aliases are unique per edge node (across its devices). A DEATH makes every
 //! metric of that node (or device) comm-lost. The tag of a reading is the metric name.
+//!
+//! Data whose alias is unknown (parkguard started after the node's birth, or a birth was
+//! lost) is counted as `unknown_alias`, and the subscriber asks that node to rebirth with an
+//! NCMD `Node Control/Rebirth` (at most every 30 s per node). Such data cannot be mapped
+//! and is dropped until the rebirth arrives.
 
 use super::decode::{DecodeError, Decoded, RawReading};
 use parkguard_rules::{Quality, Timestamp};
@@ -42,7 +47,7 @@ pub struct Metric {
     /// Milliseconds since the epoch.
     #[prost(uint64, optional, tag = "3")]
     pub timestamp: Option<u64>,
-    /// [`DataType`] code.
+    /// Data type code (see [`datatype`]).
     #[prost(uint32, optional, tag = "4")]
     pub datatype: Option<u32>,
     /// Historical (store, but it is not the current value).
@@ -127,6 +132,30 @@ struct Node {
 #[derive(Debug, Default)]
 pub struct SparkplugState {
     nodes: HashMap<String, Node>,
+    /// Edge nodes (`group/edge node`) whose data could not be read for want of a birth
+    /// certificate: the subscriber asks them to rebirth (NCMD `Node Control/Rebirth`).
+    rebirth: std::collections::BTreeSet<String>,
+}
+
+/// The NCMD payload asking an edge node to publish its births again (Sparkplug 3.0 §6.4.5:
+/// a host application that sees data it cannot interpret requests a rebirth).
+pub fn rebirth_request(now_ms: u64) -> Vec<u8> {
+    prost::Message::encode_to_vec(&Payload {
+        timestamp: Some(now_ms),
+        metrics: vec![Metric {
+            name: Some("Node Control/Rebirth".into()),
+            alias: None,
+            timestamp: Some(now_ms),
+            datatype: Some(datatype::BOOLEAN),
+            is_historical: None,
+            is_transient: None,
+            is_null: None,
+            value: Some(MetricValue::BooleanValue(true)),
+        }],
+        seq: None,
+        uuid: None,
+        body: None,
+    })
 }
 
 enum Kind {
@@ -167,6 +196,12 @@ fn is_control(name: &str) -> bool {
 }
 
 impl SparkplugState {
+    /// Edge nodes to ask for a rebirth (`group/edge node`), emptied by the call. The NCMD
+    /// topic is `spBv1.0/<group>/NCMD/<edge node>`.
+    pub fn take_rebirth_requests(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.rebirth).into_iter().collect()
+    }
+
     /// Decode one Sparkplug message. `prefix` is put before each metric name.
     pub fn decode(
         &mut self,
@@ -245,7 +280,7 @@ impl SparkplugState {
             Kind::NData | Kind::DData => {}
         }
         let birth = matches!(kind, Kind::NBirth | Kind::DBirth);
-        let node = self.nodes.entry(key).or_default();
+        let node = self.nodes.entry(key.clone()).or_default();
         for m in &p.metrics {
             let known = if birth {
                 let Some(name) = m.name.clone() else {
@@ -274,6 +309,7 @@ impl SparkplugState {
                         Some(k) => k.clone(),
                         None => {
                             out.errors.push(DecodeError::UnknownAlias(a));
+                            self.rebirth.insert(key.clone());
                             continue;
                         }
                     },
@@ -476,6 +512,8 @@ mod tests {
         );
         let d = st.decode("", "spBv1.0/park/DDATA/gw1/gds1", &data, RT);
         assert_eq!(d.errors, vec![DecodeError::UnknownAlias(1)]);
+        assert_eq!(st.take_rebirth_requests(), vec!["park/gw1".to_string()]);
+        assert!(st.take_rebirth_requests().is_empty());
 
         let nbirth = payload(
             1000,

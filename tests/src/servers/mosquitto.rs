@@ -249,3 +249,63 @@ pub fn make_pki(dir: &Path) -> Result<TestPki> {
         other_ca: dir.join("other-ca.pem"),
     })
 }
+
+/// A running `mosquitto_sub` whose subscription is confirmed (SUBACK seen): messages
+/// published from now on are caught. Killed on drop.
+pub struct Watch {
+    child: std::process::Child,
+    rx: std::sync::mpsc::Receiver<(String, Vec<u8>)>,
+}
+
+impl Watch {
+    /// The next message (topic, payload), or `None` after `timeout`.
+    pub fn next(&self, timeout: Duration) -> Option<(String, Vec<u8>)> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `mosquitto_sub` on `filter` and return once the broker confirmed the subscription.
+pub fn watch(server: &Server, filter: &str) -> Result<Watch> {
+    use std::io::BufRead;
+    // stdout is block-buffered into a pipe: `stdbuf -oL` makes the SUBACK line visible.
+    let mut child = Command::new("stdbuf")
+        .args(["-oL", "mosquitto_sub"])
+        .args(["-h", "127.0.0.1", "-p", &server.port.to_string()])
+        .args(["-t", filter, "-d", "-F", "MSG %t %x"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("run mosquitto_sub")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("SUBACK") {
+                let _ = ready_tx.send(());
+            } else if let Some(rest) = line.strip_prefix("MSG ")
+                && let Some((topic, hex)) = rest.rsplit_once(' ')
+            {
+                let bytes = (0..hex.len() / 2)
+                    .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                    .collect();
+                if tx.send((topic.to_string(), bytes)).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let watch = Watch { child, rx };
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .context("mosquitto_sub got no SUBACK")?;
+    Ok(watch)
+}
