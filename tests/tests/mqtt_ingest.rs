@@ -779,3 +779,76 @@ async fn embedded_broker_carries_the_simulator_to_the_subscriber() -> Result<()>
     run.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn username_and_password_from_a_file_or_the_environment() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let users = dir.path().join("users");
+    let out = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&users)
+        .args(["parkguard", "s3cret 密码"])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = mosquitto::start_with(&MosquittoOptions {
+        tls: None,
+        extra: format!("password_file {}\n", users.display()),
+    })?;
+    // `allow_anonymous true` is in the base config; a password file alone makes mosquitto
+    // check the credentials of every client that sends a user name.
+    let pw_file = dir.path().join("pw");
+    std::fs::write(&pw_file, "s3cret 密码\n")?;
+    let s = subs(&[
+        serde_json::json!({"broker":"park","topic":"u/+","format":"number","tag_segment":1}),
+    ]);
+    let from_file = broker_for(
+        &server,
+        serde_json::json!({"username": "parkguard", "password_file": pw_file}),
+    );
+    let mut run = start(&from_file, s.clone(), table(0), 16);
+    probe(&server, &mut run, "u/AT-101", b"-1").await?;
+    run.stop().await;
+
+    // From the environment: a variable that is set (to something that is not the
+    // password: `PATH`) is read and refused by the broker; an unset one stops start-up
+    // with an error that names it. (Setting variables in-process needs `unsafe`.)
+    let unset = broker_for(
+        &server,
+        serde_json::json!({"username": "parkguard", "password_env": "PARKGUARD_TEST_UNSET_PW_VAR"}),
+    );
+    let (tx, _rx) = mpsc::channel(1);
+    let err = spawn_subscriber(
+        unset,
+        s.clone(),
+        table(0),
+        tx,
+        Arc::new(MqttStats::new()),
+        CancellationToken::new(),
+    )
+    .err()
+    .context("an unset password variable must fail")?;
+    assert!(
+        err.to_string().contains("PARKGUARD_TEST_UNSET_PW_VAR"),
+        "{err}"
+    );
+    let var = "PATH";
+    let mut wrong = broker_for(
+        &server,
+        serde_json::json!({"username": "parkguard", "password_env": var}),
+    );
+    wrong.client_id.push_str("-env");
+    let run = start(&wrong, s, table(0), 16);
+    wait_for(
+        "refused connections counted",
+        Duration::from_secs(10),
+        || run.stats.connection_errors.load(Relaxed) >= 2,
+    )
+    .await?;
+    assert_eq!(run.stats.connects.load(Relaxed), 0);
+    run.stop().await;
+    Ok(())
+}
