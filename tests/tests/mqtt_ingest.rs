@@ -724,6 +724,30 @@ async fn publisher_reports_delivery_on_puback_and_retains() -> Result<()> {
     server.kill();
     let r = publisher.publish("park/alarms/AT-101", &body, false).await;
     assert!(r.is_err(), "{r:?}");
+
+    // Broker back: the publisher reconnects by itself and the next attempt is delivered
+    // (the outbox retries like this).
+    mosquitto::crash_and_restart(&mut server)?;
+    let body2 = serde_json::json!({"event": 18, "tag": "AT-101", "state": "normal"});
+    let mut delivered = false;
+    for _ in 0..10 {
+        if publisher
+            .publish("park/alarms/AT-101", &body2, true)
+            .await
+            .is_ok()
+        {
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "publisher did not recover");
+    let lines = mosquitto::subscribe_lines(&server, "park/alarms/#", 1, Duration::from_secs(5))?;
+    let payload = lines
+        .first()
+        .and_then(|l| l.split_once(' '))
+        .context("retained")?
+        .1;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(payload)?, body2);
     stop.cancel();
     Ok(())
 }
