@@ -5,6 +5,9 @@
 //! tests beside it, and the runtime loop (`source.rs` / `sink.rs`).
 //!
 //! Shared pieces: [`backoff`] (reconnect back-off used by every driver).
+//!
+//! Protocols: [`mqtt`] (subscribe, publish, embedded broker, simulator).
 
 pub mod backoff;
 pub mod modbus;
+pub mod mqtt;

@@ -1,5 +1,6 @@
 //! Starters for the real servers the tests talk to. Each returns a [`crate::Server`]
 //! whose PID was seen listening on its port.
 
+pub mod mosquitto;
 pub mod pymodbus;
 pub mod socat;
