@@ -3,3 +3,5 @@
 //! Config load and validation, topology (sources → engine → sinks), the engine task, the
 //! durable store, the HTTP API and console, drills and replay, telemetry, signals.
 //! `main.rs` is a thin CLI over this library so that tests can drive the same code.
+
+pub mod store;

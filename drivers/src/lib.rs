@@ -5,5 +5,8 @@
 //! tests beside it, and the runtime loop (`source.rs` / `sink.rs`).
 //!
 //! Shared pieces: [`backoff`] (reconnect back-off used by every driver).
+//!
+//! Protocols: [`influx`] (line protocol and the InfluxDB 2 writer).
 
 pub mod backoff;
+pub mod influx;

@@ -1,0 +1,399 @@
+//! Line protocol encoding, pure and allocation-light.
+//!
+//! Escaping follows the InfluxDB 2 line-protocol reference exactly:
+//! - measurement: `,` and space are escaped;
+//! - tag keys, tag values, field keys: `,`, `=` and space are escaped;
+//! - string field values: `"` and `\` are escaped, the value is quoted;
+//! - a backslash in a name or tag is written as `\\` only where a parser would otherwise
+//!   read it as an escape (before `\`, `,`, `=`, space, or at the end), and as-is
+//!   elsewhere. That is what InfluxData's own encoder produces for `eas\t` and what
+//!   VictoriaMetrics, InfluxDB and IOx's parser all decode back to the same text.
+//! - Line protocol cannot carry a newline (or carriage return) in a name or tag at all;
+//!   they are written as a space. Config validation should reject them
+//!   ([`is_representable`]); string *fields* keep them (escaped newline is not needed
+//!   inside quotes).
+//!
+//! Floats are written in their shortest exact form (`1`, `0.1`, `1e300`, `5e-324`), so a
+//! value read back is bit-identical. Non-finite floats cannot be written: a reading whose
+//! value is NaN or infinite carries only its `quality` field.
+
+use super::schema;
+use parkguard_rules::{Point, Reading};
+use std::io::Write as _;
+
+/// The static metadata of a point that goes into its series key.
+#[derive(Clone, Copy, Debug)]
+pub struct PointMeta<'a> {
+    /// Point tag (位号).
+    pub tag: &'a str,
+    /// Enterprise code.
+    pub enterprise: &'a str,
+    /// Kind name (`PointKind::as_str`).
+    pub kind: &'a str,
+}
+
+impl<'a> From<&'a Point> for PointMeta<'a> {
+    fn from(p: &'a Point) -> Self {
+        Self {
+            tag: &p.tag,
+            enterprise: &p.enterprise,
+            kind: p.kind.as_str(),
+        }
+    }
+}
+
+/// A field value of a generic point.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FieldValue<'a> {
+    /// Float (must be finite; non-finite floats are skipped by [`encode_point`]).
+    Float(f64),
+    /// Signed integer (`i` suffix).
+    Int(i64),
+    /// Unsigned integer (`u` suffix; InfluxDB 2 accepts it, VictoriaMetrics too).
+    UInt(u64),
+    /// String (quoted).
+    Str(&'a str),
+    /// Boolean.
+    Bool(bool),
+}
+
+/// Whether `s` can be written as a measurement, tag key/value or field key without loss
+/// (line protocol has no escape for newlines there, and empty keys/values are invalid).
+pub fn is_representable(s: &str) -> bool {
+    !s.is_empty() && !s.contains(['\n', '\r'])
+}
+
+fn escape_into(out: &mut Vec<u8>, s: &str, specials: &[u8]) {
+    let b = s.as_bytes();
+    if !b
+        .iter()
+        .any(|c| specials.contains(c) || matches!(c, b'\\' | b'\n' | b'\r'))
+    {
+        out.extend_from_slice(b);
+        return;
+    }
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'\n' | b'\r' => out.push(b' '),
+            b'\\' => {
+                let next = b.get(i + 1).copied();
+                let needs = match next {
+                    None => true,
+                    Some(n) => n == b'\\' || specials.contains(&n) || n == b'\n' || n == b'\r',
+                };
+                out.push(b'\\');
+                if needs {
+                    out.push(b'\\');
+                }
+            }
+            c if specials.contains(&c) => {
+                out.push(b'\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// Append an escaped measurement name.
+pub fn measurement(out: &mut Vec<u8>, s: &str) {
+    escape_into(out, s, b", ");
+}
+
+/// Append an escaped tag key, tag value or field key.
+pub fn key(out: &mut Vec<u8>, s: &str) {
+    escape_into(out, s, b",= ");
+}
+
+/// Append a quoted, escaped string field value.
+pub fn string_value(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for &c in s.as_bytes() {
+        if c == b'"' || c == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(c);
+    }
+    out.push(b'"');
+}
+
+/// Append a finite float in its shortest round-trip form.
+pub fn float(out: &mut Vec<u8>, v: f64) {
+    let a = v.abs();
+    // Rust's `{}` never uses an exponent (1e300 would be 301 digits); `{:e}` is shortest
+    // too. Both are exact round-trips.
+    let r = if a != 0.0 && !(1e-5..1e16).contains(&a) {
+        write!(out, "{v:e}")
+    } else {
+        write!(out, "{v}")
+    };
+    r.expect("writing to a Vec cannot fail");
+}
+
+fn int(out: &mut Vec<u8>, v: i64) {
+    write!(out, "{v}").expect("writing to a Vec cannot fail");
+}
+
+/// Append one generic point as a line (with trailing `\n`). Tags are written in the given
+/// order (pass them sorted by key for InfluxDB's canonical order); tags with an empty
+/// value are omitted (line protocol cannot carry them). Non-finite float fields are
+/// skipped; if no field remains, nothing is written and `false` is returned.
+pub fn encode_point(
+    out: &mut Vec<u8>,
+    name: &str,
+    tags: &[(&str, &str)],
+    fields: &[(&str, FieldValue<'_>)],
+    time_ns: i64,
+) -> bool {
+    if !fields.iter().any(|(_, v)| match v {
+        FieldValue::Float(f) => f.is_finite(),
+        _ => true,
+    }) {
+        return false;
+    }
+    measurement(out, name);
+    for (k, v) in tags {
+        if v.is_empty() {
+            continue;
+        }
+        out.push(b',');
+        key(out, k);
+        out.push(b'=');
+        key(out, v);
+    }
+    let mut sep = b' ';
+    for (k, v) in fields {
+        if let FieldValue::Float(f) = v
+            && !f.is_finite()
+        {
+            continue;
+        }
+        out.push(sep);
+        sep = b',';
+        key(out, k);
+        out.push(b'=');
+        match v {
+            FieldValue::Float(f) => float(out, *f),
+            FieldValue::Int(i) => {
+                int(out, *i);
+                out.push(b'i');
+            }
+            FieldValue::UInt(u) => {
+                write!(out, "{u}u").expect("writing to a Vec cannot fail");
+            }
+            FieldValue::Str(s) => string_value(out, s),
+            FieldValue::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        }
+    }
+    out.push(b' ');
+    int(out, time_ns);
+    out.push(b'\n');
+    true
+}
+
+/// The series prefix of a point's readings: measurement and every tag except `unit`
+/// (which comes last in key order and belongs to each reading), escaped. Cache it per
+/// point; [`reading_line`] appends the rest.
+pub fn reading_prefix(park: &str, meta: PointMeta<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    measurement(&mut out, schema::READING);
+    for (k, v) in [
+        (schema::tag::ENTERPRISE, meta.enterprise),
+        (schema::tag::KIND, meta.kind),
+        (schema::tag::PARK, park),
+        (schema::tag::TAG, meta.tag),
+    ] {
+        if v.is_empty() {
+            continue;
+        }
+        out.push(b',');
+        key(&mut out, k);
+        out.push(b'=');
+        key(&mut out, v);
+    }
+    out
+}
+
+/// Append one reading as a line:
+/// `reading,enterprise=E,kind=K,park=P,tag=T,unit=U quality=0i,value=1.5 <source_time ns>`.
+/// The point time is the reading's source time.
+pub fn reading_line(out: &mut Vec<u8>, prefix: &[u8], r: &Reading) {
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(b",unit=");
+    key(out, r.unit.symbol());
+    out.extend_from_slice(b" quality=");
+    int(out, i64::from(r.quality.code()));
+    out.push(b'i');
+    if r.value.is_finite() {
+        out.extend_from_slice(b",value=");
+        float(out, r.value);
+    }
+    out.push(b' ');
+    int(out, r.source_time.nanos());
+    out.push(b'\n');
+}
+
+/// Encoded lines in one buffer, with the end offset of each line, so the writer can send
+/// any sub-range (splitting on 400/413) without re-encoding.
+#[derive(Clone, Debug, Default)]
+pub struct LineBatch {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl LineBatch {
+    /// Empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Number of lines.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+    /// No lines.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+    /// Total bytes.
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+    /// Remove everything (keeps capacity).
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.ends.clear();
+    }
+    /// Append one line with `f`, which writes it (with its trailing `\n`) into the buffer;
+    /// if `f` writes nothing, no line is recorded.
+    pub fn push_with(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
+        let before = self.buf.len();
+        f(&mut self.buf);
+        if self.buf.len() > before {
+            if self.buf.last() != Some(&b'\n') {
+                self.buf.push(b'\n');
+            }
+            self.ends.push(self.buf.len());
+        }
+    }
+    /// Append a complete line (a trailing `\n` is added when missing).
+    pub fn push_line(&mut self, line: &[u8]) {
+        self.push_with(|b| b.extend_from_slice(line));
+    }
+    fn start(&self, i: usize) -> usize {
+        if i == 0 { 0 } else { self.ends[i - 1] }
+    }
+    /// The bytes of lines `a..b`.
+    pub fn range(&self, a: usize, b: usize) -> &[u8] {
+        if a >= b {
+            return &[];
+        }
+        &self.buf[self.start(a)..self.ends[b - 1]]
+    }
+    /// Line `i` without its newline.
+    pub fn line(&self, i: usize) -> &[u8] {
+        let l = self.range(i, i + 1);
+        l.strip_suffix(b"\n").unwrap_or(l)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parkguard_rules::{PointId, Quality, Timestamp, Unit};
+
+    fn s(f: impl FnOnce(&mut Vec<u8>)) -> String {
+        let mut v = Vec::new();
+        f(&mut v);
+        String::from_utf8(v).expect("utf8")
+    }
+
+    #[test]
+    fn escaping_table() {
+        let cases: &[(&str, &str, &str)] = &[
+            // (input, as tag, as measurement)
+            ("plain", "plain", "plain"),
+            ("a b", r"a\ b", r"a\ b"),
+            ("a,b", r"a\,b", r"a\,b"),
+            ("a=b", r"a\=b", "a=b"),
+            (r#"a"b"#, r#"a"b"#, r#"a"b"#),
+            (r"a\b", r"a\b", r"a\b"),
+            (r"a\", r"a\\", r"a\\"),
+            (r"a\,", r"a\\\,", r"a\\\,"),
+            (r"a\\b", r"a\\\b", r"a\\\b"),
+            (
+                "甲烷 探测器,1#=东",
+                r"甲烷\ 探测器\,1#\=东",
+                r"甲烷\ 探测器\,1#=东",
+            ),
+            ("a\nb", r"a b", r"a b"),
+        ];
+        for (input, tag, meas) in cases {
+            assert_eq!(s(|o| key(o, input)), *tag, "tag {input:?}");
+            assert_eq!(s(|o| measurement(o, input)), *meas, "measurement {input:?}");
+        }
+        assert_eq!(
+            s(|o| string_value(o, r#"say "hi" \ ok"#)),
+            r#""say \"hi\" \\ ok""#
+        );
+    }
+
+    #[test]
+    fn floats_are_shortest_and_exact() {
+        for (v, text) in [
+            (1.0, "1"),
+            (0.1, "0.1"),
+            (-2.5, "-2.5"),
+            (1e300, "1e300"),
+            (5e-324, "5e-324"),
+            (f64::MAX, "1.7976931348623157e308"),
+            (123456.789, "123456.789"),
+            (0.0, "0"),
+        ] {
+            let t = s(|o| float(o, v));
+            assert_eq!(t, text);
+            assert_eq!(t.parse::<f64>().expect("parse"), v);
+        }
+    }
+
+    #[test]
+    fn reading_line_shape() {
+        let meta = PointMeta {
+            tag: "GT-101 A",
+            enterprise: "E,1",
+            kind: "combustible",
+        };
+        let prefix = reading_prefix("园区", meta);
+        let mut r = Reading {
+            point: PointId(0),
+            value: 12.5,
+            unit: Unit::PercentLel,
+            quality: Quality::Good,
+            source_time: Timestamp::from_nanos(1_700_000_000_123_456_789),
+            receive_time: Timestamp::from_nanos(1_700_000_000_200_000_000),
+        };
+        let line = s(|o| reading_line(o, &prefix, &r));
+        assert_eq!(
+            line,
+            "reading,enterprise=E\\,1,kind=combustible,park=园区,tag=GT-101\\ A,unit=%LEL quality=0i,value=12.5 1700000000123456789\n"
+        );
+        r.value = f64::NAN;
+        r.quality = Quality::CommLost;
+        let line = s(|o| reading_line(o, &prefix, &r));
+        assert!(
+            line.ends_with(",unit=%LEL quality=1i 1700000000123456789\n"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn batch_ranges() {
+        let mut b = LineBatch::new();
+        b.push_line(b"a x=1 1");
+        b.push_line(b"b x=2 2\n");
+        b.push_with(|_| {});
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.range(0, 2), b"a x=1 1\nb x=2 2\n");
+        assert_eq!(b.range(1, 2), b"b x=2 2\n");
+        assert_eq!(b.line(0), b"a x=1 1");
+    }
+}
