@@ -14,5 +14,5 @@ pub mod schema;
 pub mod sink;
 
 pub use config::{InfluxConfig, InfluxSettings, TokenSource};
-pub use encode::{FieldValue, LineBatch, PointMeta};
+pub use encode::{EventPoint, FieldValue, LineBatch, PointMeta};
 pub use sink::{InfluxStats, InfluxWriter, LineSource};
