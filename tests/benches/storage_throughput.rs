@@ -2,6 +2,8 @@
 //!
 //! 1. Live: a producer appends batches of 1,000 readings (fsync per append) while the
 //!    writer forwards them; readings/s end to end, CPU of producer + writer.
+//! 0. Writer capacity: the same into an in-process server that answers 204 at once
+//!    (what spool + writer can do when the database keeps up).
 //! 2. Backlog: `BENCH_BACKLOG` readings (default 10,000,000) spooled with InfluxDB away,
 //!    then the writer alone drains them; readings/s and the writer thread's CPU.
 //!
@@ -134,6 +136,56 @@ fn main() {
     println!(
         "storage bench: {points} points, writer batch {batch}, gzip on, spool fsync=always per 1000-reading append"
     );
+
+    // 0. Writer capacity against a null server.
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let app = axum::Router::new().route(
+                    "/api/v2/write",
+                    axum::routing::post(|_body: axum::body::Bytes| async {
+                        axum::http::StatusCode::NO_CONTENT
+                    }),
+                );
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                tx.send(l.local_addr().expect("addr")).expect("send");
+                axum::serve(l, app).await.expect("serve");
+            });
+        });
+        let addr = rx.recv().expect("null server address");
+        let mut spool =
+            Spool::open(&dir.path().join("null"), cfg.validate().expect("cfg")).expect("spool");
+        let mut k = 0;
+        let mut buf = Vec::with_capacity(10_000);
+        while k < live {
+            buf.clear();
+            buf.extend((k..k + 10_000).map(|k| reading(points, k)));
+            spool.append(&buf, &table).expect("append");
+            k += 10_000;
+        }
+        let t0 = Instant::now();
+        let writer = start_writer(&spool, &format!("http://{addr}"), batch);
+        wait_delivered(&spool, live);
+        let wall = t0.elapsed();
+        writer.cancel.cancel();
+        let wcpu = writer.thread.join().expect("writer thread");
+        println!(
+            "null:    {live} spooled readings read, encoded, gzipped and posted in {:.2} s = {:.0} readings/s; \
+             writer thread CPU {:.2} s = {:.2} cores ({:.0} readings per CPU second)",
+            wall.as_secs_f64(),
+            live as f64 / wall.as_secs_f64(),
+            wcpu,
+            wcpu / wall.as_secs_f64(),
+            live as f64 / wcpu.max(1e-9),
+        );
+    }
 
     // 1. Live.
     {
