@@ -534,6 +534,64 @@ mod tests {
     }
 
     #[test]
+    fn filters_by_enterprise_kind_drill_and_pages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(&dir.path().join("j.sqlite")).expect("open");
+        let mut recs: Vec<_> = (1..=20)
+            .map(|i| rec(i, &format!("GT-{}:H", i % 4), "unack"))
+            .collect();
+        for r in recs.iter_mut() {
+            if r.id % 2 == 0 {
+                r.enterprise = Some("E2".into());
+            }
+            if r.id % 5 == 0 {
+                r.kind = RecordKind::Operator;
+                r.drill = Some("drill-1".into());
+            }
+        }
+        j.append(&recs).expect("append");
+        let ids = |f: EventFilter| -> Vec<u64> {
+            j.query(&f).expect("query").iter().map(|r| r.id).collect()
+        };
+        assert_eq!(
+            ids(EventFilter {
+                enterprise: Some("E2".into()),
+                after_id: Some(14),
+                ..Default::default()
+            }),
+            [16, 18, 20]
+        );
+        assert_eq!(
+            ids(EventFilter {
+                kind: Some(RecordKind::Operator),
+                ..Default::default()
+            }),
+            [5, 10, 15, 20]
+        );
+        assert_eq!(
+            ids(EventFilter {
+                drill: Some(Some("drill-1".into())),
+                descending: true,
+                limit: Some(2),
+                ..Default::default()
+            }),
+            [20, 15]
+        );
+        assert_eq!(
+            ids(EventFilter {
+                drill: Some(None),
+                ..Default::default()
+            })
+            .len(),
+            16
+        );
+        // Latest per alarm keeps drills apart from the real path.
+        let latest = j.latest_per_alarm().expect("latest");
+        assert!(latest.iter().any(|r| r.id == 20 && r.drill.is_some()));
+        assert!(latest.iter().any(|r| r.id == 16 && r.drill.is_none()));
+    }
+
+    #[test]
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("j.sqlite");
