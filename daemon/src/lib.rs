@@ -10,4 +10,5 @@ pub mod demo;
 pub mod drill;
 pub mod engine_task;
 pub mod run;
+pub mod store;
 pub mod topology;

@@ -6,8 +6,10 @@
 //!
 //! Shared pieces: [`backoff`] (reconnect back-off used by every driver).
 //!
-//! Protocols: [`mqtt`] (subscribe, publish, embedded broker, simulator).
+//! Protocols: [`modbus`] (TCP, RTU, RTU over TCP, simulator), [`mqtt`] (subscribe, publish,
+//! embedded broker, simulator), [`influx`] (line protocol and the InfluxDB 2 writer).
 
 pub mod backoff;
+pub mod influx;
 pub mod modbus;
 pub mod mqtt;

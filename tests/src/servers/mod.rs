@@ -4,3 +4,4 @@
 pub mod mosquitto;
 pub mod pymodbus;
 pub mod socat;
+pub mod victoria;
