@@ -7,3 +7,4 @@
 //! Shared pieces: [`backoff`] (reconnect back-off used by every driver).
 
 pub mod backoff;
+pub mod notify;
