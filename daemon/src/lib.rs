@@ -7,4 +7,5 @@
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod linkage;
 pub mod run;
