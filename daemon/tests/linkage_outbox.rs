@@ -260,6 +260,10 @@ struct Worker {
 }
 
 fn start_worker(db: &Path, ch: Arc<Channel>) -> Worker {
+    start_worker_with(db, ch, Duration::from_millis(300))
+}
+
+fn start_worker_with(db: &Path, ch: Arc<Channel>, window: Duration) -> Worker {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -269,7 +273,7 @@ fn start_worker(db: &Path, ch: Arc<Channel>) -> Worker {
     let wake = Arc::new(Notify::new());
     let cfg = WorkerConfig {
         grouping: Grouping {
-            window: Duration::from_millis(300),
+            window,
             max_batch: 5,
         },
         backoff_initial: Duration::from_millis(100),
@@ -535,4 +539,38 @@ fn enqueue_lives_and_dies_with_the_journal_transaction() {
         (s[0].channel.as_str(), s[0].status),
         ("bureau", Status::Pending)
     );
+}
+
+#[test]
+fn a_flood_of_one_enterprise_goes_out_grouped_first_alarm_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let mut rx = Receiver::new();
+    rx.start();
+    // a 2 s window, so that the flood below surely falls inside it
+    let w = start_worker_with(&db, channel(&rx.url(), dir.path()), Duration::from_secs(2));
+    let events: Vec<Notification> = (1..=8)
+        .map(|id| note(id, "E005", &format!("E005/GT-{}/H", 500 + id)))
+        .collect();
+    journal_and_enqueue(&db, &events[..1]);
+    w.wake.notify_one();
+    wait_until_settled(&db, "first alarm");
+    // the first alarm of a quiet enterprise was not held back for company
+    assert_eq!(rx.state.log(), [("1".to_string(), 200)]);
+    journal_and_enqueue(&db, &events[1..]);
+    w.wake.notify_one();
+    wait_until_settled(&db, "flood");
+    // the flood within the window: one message of 5 (max_batch), then the remaining 2
+    let keys: Vec<String> = rx.state.log().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["1", "2", "7"]);
+    assert_exactly_once_in_order(&rx.state, &events);
+    // each alarm keeps its own record, with the message it went out in
+    let conn = outbox::open(&db).unwrap();
+    let batches: Vec<Option<u64>> = outbox::channel_rows(&conn, "bureau")
+        .unwrap()
+        .iter()
+        .map(|r| r.batch)
+        .collect();
+    assert_eq!(batches, [1, 2, 2, 2, 2, 2, 7, 7].map(Some).to_vec());
+    w.cancel.cancel();
 }

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 /// Errors of the outbox.
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +171,9 @@ fn group_key(n: &Notification) -> String {
 
 /// Queue `n` for the admitted channel inside the caller's transaction (the one that
 /// journals the event). Returns `false` when that (event, channel) was already queued.
-/// Call `wake.notify_one()` for the channel's worker after the commit.
+/// `now` is the wall-clock time of queuing (not the event's time: a drill replays on its
+/// own clock); the row is due at once. Call `wake.notify_one()` for the channel's worker
+/// after the commit.
 pub fn enqueue(
     tx: &Transaction<'_>,
     admitted: &Admitted,
@@ -421,10 +423,30 @@ fn mark(
     Ok(())
 }
 
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 /// Deliver the outbox rows of `channel` until `cancel` fires. One worker per channel and
 /// database. `wake` is notified by whoever enqueues (after commit); the table is also
-/// polled every `cfg.poll`. Returns only on cancel or a database error.
+/// polled every `cfg.poll`. Returns only on cancel or a database error (the caller
+/// restarts it; nothing is lost, the rows stay pending). Runs in span `outbox{channel}`.
 pub async fn run_worker<D: Deliver>(
+    db_path: PathBuf,
+    channel: Arc<D>,
+    cfg: WorkerConfig,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+) -> Result<(), OutboxError> {
+    let span = tracing::info_span!("outbox", channel = %channel.name());
+    worker_loop(db_path, channel, cfg, wake, cancel)
+        .instrument(span)
+        .await
+}
+
+async fn worker_loop<D: Deliver>(
     db_path: PathBuf,
     channel: Arc<D>,
     cfg: WorkerConfig,
@@ -433,10 +455,9 @@ pub async fn run_worker<D: Deliver>(
 ) -> Result<(), OutboxError> {
     let name = channel.name().to_string();
     let db: Db = Arc::new(Mutex::new(open(&db_path)?));
-    let seed = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max, seed);
+    // Back-off per group: one enterprise's failing message does not slow the others, and
+    // the others' successes do not reset its back-off.
+    let mut backoffs: HashMap<String, Backoff> = HashMap::new();
     let mut last_sent: HashMap<String, Timestamp> = HashMap::new();
     info!(channel = %name, "outbox worker started");
     loop {
@@ -484,8 +505,8 @@ pub async fn run_worker<D: Deliver>(
                 match result {
                     Ok(d) => {
                         debug!(channel = %name, batch = batch_id, events = seqs.len(), status = d.status, "delivered");
+                        backoffs.remove(&key);
                         last_sent.insert(key, done);
-                        backoff.reset();
                         let receipt = d.receipt;
                         with_db(&db, move |c| {
                             mark(
@@ -501,7 +522,16 @@ pub async fn run_worker<D: Deliver>(
                         .await?;
                     }
                     Err(e) if e.is_retryable() => {
-                        let delay = backoff.next_delay();
+                        let delay = backoffs
+                            .entry(key.clone())
+                            .or_insert_with(|| {
+                                Backoff::new(
+                                    cfg.backoff_initial,
+                                    cfg.backoff_max,
+                                    fnv1a(&name) ^ fnv1a(&key),
+                                )
+                            })
+                            .next_delay();
                         warn!(channel = %name, batch = batch_id, error = %e, retry_in_ms = delay.as_millis() as u64, "delivery failed, will retry");
                         let msg = e.to_string();
                         with_db(&db, move |c| {
@@ -518,6 +548,7 @@ pub async fn run_worker<D: Deliver>(
                         .await?;
                     }
                     Err(e) => {
+                        backoffs.remove(&key);
                         error!(channel = %name, batch = batch_id, error = %e, "delivery failed permanently");
                         let msg = e.to_string();
                         with_db(&db, move |c| {
