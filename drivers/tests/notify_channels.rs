@@ -418,6 +418,11 @@ async fn upstream_body_is_signed_and_sm4_cbc_encrypted() {
         .unwrap()
         .decrypt_padded_vec_mut::<Pkcs7>(&data)
         .unwrap();
+    // and with a second, unrelated implementation: OpenSSL's SM4-CBC (tests/run.sh installs it)
+    assert_eq!(
+        openssl_sm4_cbc_decrypt(key_hex, b["iv"].as_str().unwrap(), &data),
+        plain
+    );
     let env: serde_json::Value = serde_json::from_slice(&plain).unwrap();
     assert_eq!(env["count"], 2);
     assert_eq!(env["events"][1]["event_id"], 101);
@@ -430,6 +435,46 @@ async fn upstream_body_is_signed_and_sm4_cbc_encrypted() {
     let e = ch.deliver(&note(102)).await.unwrap_err();
     assert!(!e.is_retryable());
     assert!(e.to_string().contains("appId not registered"));
+}
+
+/// `openssl enc -d -sm4-cbc` (PKCS#7 padding is OpenSSL's default).
+fn openssl_sm4_cbc_decrypt(key_hex: &str, iv_hex: &str, cipher: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(["enc", "-d", "-sm4-cbc", "-K", key_hex, "-iv", iv_hex])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl (Debian package `openssl`, installed by tests/run.sh) is needed as the independent SM4 peer");
+    child.stdin.take().unwrap().write_all(cipher).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn sm4_cbc_agrees_with_openssl() {
+    let key_hex = "fedcba98765432100123456789abcdef";
+    let iv_hex = "a3b1bac656aa3350677d9197b27022dc";
+    let key = crypto::from_hex(key_hex).unwrap();
+    let iv = crypto::from_hex(iv_hex).unwrap();
+    for text in [
+        "",
+        "x",
+        "0123456789abcdef",
+        "消警：原因、处置措施、审核人 — closed loop record",
+    ] {
+        let c = crypto::sm4_cbc_encrypt(&key, &iv, text.as_bytes()).unwrap();
+        assert_eq!(
+            openssl_sm4_cbc_decrypt(key_hex, iv_hex, &c),
+            text.as_bytes()
+        );
+    }
 }
 
 #[test]
