@@ -212,7 +212,11 @@ impl Escalator {
                 last: now,
             },
         );
-        Ok(self.due_for(alarm_id, now))
+        let mut out = Vec::new();
+        if let (Some(t), Some(p)) = (self.tracks.get_mut(alarm_id), self.policies.get(policy)) {
+            due_for(alarm_id, t, p, now, &mut out);
+        }
+        Ok(out)
     }
 
     /// The alarm was acknowledged: stop its escalation. Returns whether one was running.
@@ -222,8 +226,13 @@ impl Escalator {
 
     /// Everything due at `now`, in alarm order.
     pub fn on_tick(&mut self, now: Timestamp) -> Vec<Due> {
-        let ids: Vec<String> = self.tracks.keys().cloned().collect();
-        ids.iter().flat_map(|id| self.due_for(id, now)).collect()
+        let mut out = Vec::new();
+        for (id, t) in &mut self.tracks {
+            if let Some(p) = self.policies.get(&t.policy) {
+                due_for(id, t, p, now, &mut out);
+            }
+        }
+        out
     }
 
     /// Alarms currently escalating.
@@ -246,52 +255,45 @@ impl Escalator {
             })
             .min()
     }
+}
 
-    fn due_for(&mut self, alarm_id: &str, now: Timestamp) -> Vec<Due> {
-        let mut out = Vec::new();
-        let Some(t) = self.tracks.get_mut(alarm_id) else {
-            return out;
-        };
-        let Some(p) = self.policies.get(&t.policy) else {
-            return out;
-        };
-        while let Some(s) = p.steps.get(t.next_step) {
-            let at = t.start + s.after;
-            if at > now {
-                break;
-            }
+/// Append what is due for one track at `now`.
+fn due_for(alarm_id: &str, t: &mut Track, p: &Policy, now: Timestamp, out: &mut Vec<Due>) {
+    while let Some(s) = p.steps.get(t.next_step) {
+        let at = t.start + s.after;
+        if at > now {
+            break;
+        }
+        out.push(Due {
+            alarm_id: alarm_id.to_string(),
+            event_id: t.event_id,
+            step: t.next_step,
+            channels: s.channels.clone(),
+            repeat: false,
+            scheduled: at,
+        });
+        t.next_step += 1;
+        t.last = at;
+    }
+    if let (Some(r), Some(cur)) = (p.repeat, t.next_step.checked_sub(1)) {
+        let due = t.last + r;
+        let before_next = p
+            .steps
+            .get(t.next_step)
+            .is_none_or(|s| due < t.start + s.after);
+        if due <= now && before_next && !r.is_zero() {
+            // keep the cadence: the latest repeat slot not after `now`
+            let slots = now.since(t.last).as_nanos() / r.as_nanos();
+            let slot = t.last + r * u32::try_from(slots).unwrap_or(u32::MAX);
             out.push(Due {
                 alarm_id: alarm_id.to_string(),
                 event_id: t.event_id,
-                step: t.next_step,
-                channels: s.channels.clone(),
-                repeat: false,
-                scheduled: at,
+                step: cur,
+                channels: p.steps[cur].channels.clone(),
+                repeat: true,
+                scheduled: slot,
             });
-            t.next_step += 1;
-            t.last = at;
+            t.last = slot;
         }
-        if let (Some(r), Some(cur)) = (p.repeat, t.next_step.checked_sub(1)) {
-            let due = t.last + r;
-            let before_next = p
-                .steps
-                .get(t.next_step)
-                .is_none_or(|s| due < t.start + s.after);
-            if due <= now && before_next && !r.is_zero() {
-                // keep the cadence: the latest repeat slot not after `now`
-                let slots = now.since(t.last).as_nanos() / r.as_nanos();
-                let slot = t.last + r * u32::try_from(slots).unwrap_or(u32::MAX);
-                out.push(Due {
-                    alarm_id: alarm_id.to_string(),
-                    event_id: t.event_id,
-                    step: cur,
-                    channels: p.steps[cur].channels.clone(),
-                    repeat: true,
-                    scheduled: slot,
-                });
-                t.last = slot;
-            }
-        }
-        out
     }
 }

@@ -19,8 +19,10 @@
 
 use super::group::{GroupHead, Grouping, Plan, plan};
 use super::route::Admitted;
+use crate::config::duration::ConfigDuration;
 use parkguard_drivers::backoff::Backoff;
 use parkguard_drivers::notify::{Deliver, DeliveryError, Notification};
+use parkguard_rules::FieldError;
 use parkguard_rules::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::collections::HashMap;
@@ -188,11 +190,13 @@ pub fn enqueue(
     }
     let payload = serde_json::to_string(n)?;
     let ms = now.millis();
-    let inserted = tx.execute(
-        "INSERT OR IGNORE INTO outbox
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO outbox
             (event_id, channel, alarm_id, group_key, drill, payload, enqueued_at, next_attempt)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-        params![
+        )?
+        .execute(params![
             n.event_id as i64,
             admitted.channel(),
             n.alarm_id,
@@ -200,8 +204,7 @@ pub fn enqueue(
             n.drill,
             payload,
             ms
-        ],
-    )?;
+        ])?;
     Ok(inserted == 1)
 }
 
@@ -283,6 +286,88 @@ impl Default for WorkerConfig {
             backoff_max: Duration::from_secs(60),
             poll: Duration::from_secs(1),
         }
+    }
+}
+
+/// `[outbox]`: delivery settings shared by every channel's worker.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// After a message to a group (an enterprise), further alarms of that group wait this
+    /// long and then go out together; the first alarm of a quiet group goes at once.
+    /// `"0s"` disables it. 0–10 min. Default `"30s"`.
+    #[serde(default = "default_window")]
+    pub group_window: ConfigDuration,
+    /// Most alarms in one message, 1–100. Default 20.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// First retry delay after a retryable failure, 100 ms – 1 min. Default `"1s"`.
+    #[serde(default = "default_retry_initial")]
+    pub retry_initial: ConfigDuration,
+    /// Longest retry delay (the delay doubles up to it, ±20 % jitter), ≥ `retry_initial`,
+    /// ≤ 1 h. Retries never stop: delivery is at least once. Default `"60s"`.
+    #[serde(default = "default_retry_max")]
+    pub retry_max: ConfigDuration,
+}
+
+fn default_window() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(30))
+}
+fn default_max_batch() -> usize {
+    20
+}
+fn default_retry_initial() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(1))
+}
+fn default_retry_max() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(60))
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            group_window: default_window(),
+            max_batch: default_max_batch(),
+            retry_initial: default_retry_initial(),
+            retry_max: default_retry_max(),
+        }
+    }
+}
+
+impl OutboxConfig {
+    /// Validate into the worker settings; every error with its field.
+    pub fn validate(&self) -> Result<WorkerConfig, Vec<FieldError>> {
+        let mut errs = Vec::new();
+        if self.group_window.0 > Duration::from_secs(600) {
+            errs.push(FieldError::new(
+                "group_window",
+                "longer than 10 min: alarms would wait too long",
+            ));
+        }
+        if !(1..=100).contains(&self.max_batch) {
+            errs.push(FieldError::new("max_batch", "use 1 to 100"));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&self.retry_initial.0) {
+            errs.push(FieldError::new("retry_initial", "use 100ms to 1m"));
+        }
+        if self.retry_max.0 < self.retry_initial.0 || self.retry_max.0 > Duration::from_secs(3600) {
+            errs.push(FieldError::new(
+                "retry_max",
+                "must be at least `retry_initial` and at most 1h",
+            ));
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        Ok(WorkerConfig {
+            grouping: Grouping {
+                window: self.group_window.0,
+                max_batch: self.max_batch,
+            },
+            backoff_initial: self.retry_initial.0,
+            backoff_max: self.retry_max.0,
+            poll: Duration::from_secs(1),
+        })
     }
 }
 
@@ -567,5 +652,33 @@ async fn worker_loop<D: Deliver>(
             () = wake.notified() => {}
             () = cancel.cancelled() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_config_defaults_and_errors() {
+        let c: OutboxConfig = serde_json::from_str("{}").unwrap();
+        let w = c.validate().unwrap();
+        assert_eq!(w.grouping.window, Duration::from_secs(30));
+        assert_eq!(w.grouping.max_batch, 20);
+        let bad: OutboxConfig = serde_json::from_value(serde_json::json!({
+            "group_window": "1h", "max_batch": 0, "retry_initial": "10ms", "retry_max": "2h"
+        }))
+        .unwrap();
+        let fields: Vec<String> = bad
+            .validate()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            ["group_window", "max_batch", "retry_initial", "retry_max"]
+        );
+        assert!(serde_json::from_str::<OutboxConfig>(r#"{"window": "5s"}"#).is_err());
     }
 }
