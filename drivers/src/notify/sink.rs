@@ -91,7 +91,6 @@ pub trait Deliver: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<Delivered, DeliveryError>> + Send;
 }
 
-#[derive(Debug)]
 enum Kind {
     Webhook {
         url: String,
@@ -116,14 +115,30 @@ enum Kind {
     },
 }
 
-/// A built channel (secrets resolved, HTTP client ready).
-#[derive(Debug)]
+/// A built channel (secrets resolved, HTTP client ready). Its `Debug` shows no secrets.
 pub struct Channel {
     name: String,
     drill: bool,
     timeout: Duration,
     client: reqwest::Client,
     kind: Kind,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            Kind::Webhook { .. } => "webhook",
+            Kind::WeCom { .. } => "wecom",
+            Kind::DingTalk { .. } => "dingtalk",
+            Kind::Upstream { .. } => "upstream",
+        };
+        f.debug_struct("Channel")
+            .field("name", &self.name)
+            .field("kind", &kind)
+            .field("drill", &self.drill)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 fn cut(s: &str) -> String {
@@ -442,6 +457,20 @@ impl Deliver for Channel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let p = std::env::temp_dir().join(format!("pg-dbg-{}", std::process::id()));
+        std::fs::write(&p, "TOPSECRET").unwrap();
+        let cfg: ChannelConfig = serde_json::from_value(serde_json::json!({
+            "type": "wecom", "name": "w", "key_file": p
+        }))
+        .unwrap();
+        let ch = Channel::build(&cfg).unwrap();
+        let d = format!("{ch:?}");
+        assert!(d.contains("wecom") && !d.contains("TOPSECRET"), "{d}");
+        std::fs::remove_file(p).unwrap();
+    }
 
     #[test]
     fn classification() {
