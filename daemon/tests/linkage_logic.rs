@@ -157,6 +157,28 @@ fn late_tick_sends_each_level_once_and_deadline_is_exact() {
 }
 
 #[test]
+fn escalation_resumes_after_restart_without_resending() {
+    let policy = policy_toml().validate(&channels()).unwrap();
+    let mut esc = Escalator::new([policy]);
+    let t0 = Timestamp::from_secs(1000);
+    // before the restart levels 0 and 1 went out (at 0 and 2 min); the daemon was down
+    // from 3 min to 6 min
+    esc.resume("a", 1, "standard", t0, 2, t0 + Duration::from_secs(120))
+        .unwrap();
+    let due = esc.on_tick(t0 + Duration::from_secs(360));
+    let got: Vec<(usize, bool, u64)> = due
+        .iter()
+        .map(|d| (d.step, d.repeat, d.scheduled.since(t0).as_secs()))
+        .collect();
+    assert_eq!(
+        got,
+        [(2, false, 300)],
+        "only the level that fell due while down"
+    );
+    assert!(esc.resume("b", 2, "nope", t0, 0, t0).is_err());
+}
+
+#[test]
 fn escalation_config_errors_are_collected() {
     let bad: EscalationConfig = serde_json::from_value(serde_json::json!({
         "name": "x",

@@ -219,6 +219,36 @@ impl Escalator {
         Ok(out)
     }
 
+    /// Rebuild a track after a restart from the journal: the alarm was raised at
+    /// `raised_at`, `levels_sent` levels were already notified, the last notification (level
+    /// or repeat) at `last_sent`. Nothing already sent is sent again; what fell due while
+    /// the daemon was down comes out of the next [`Escalator::on_tick`].
+    pub fn resume(
+        &mut self,
+        alarm_id: &str,
+        event_id: u64,
+        policy: &str,
+        raised_at: Timestamp,
+        levels_sent: usize,
+        last_sent: Timestamp,
+    ) -> Result<(), EscalationError> {
+        let p = self
+            .policies
+            .get(policy)
+            .ok_or_else(|| EscalationError::UnknownPolicy(policy.to_string()))?;
+        self.tracks.insert(
+            alarm_id.to_string(),
+            Track {
+                policy: policy.to_string(),
+                event_id,
+                start: raised_at,
+                next_step: levels_sent.min(p.steps.len()),
+                last: last_sent.max(raised_at),
+            },
+        );
+        Ok(())
+    }
+
     /// The alarm was acknowledged: stop its escalation. Returns whether one was running.
     pub fn on_ack(&mut self, alarm_id: &str) -> bool {
         self.tracks.remove(alarm_id).is_some()
