@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod drill;
 pub mod engine_task;
+pub mod linkage;
 pub mod run;
 pub mod store;
 pub mod topology;

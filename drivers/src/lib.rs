@@ -13,3 +13,4 @@ pub mod backoff;
 pub mod influx;
 pub mod modbus;
 pub mod mqtt;
+pub mod notify;

@@ -1,0 +1,684 @@
+//! The notification outbox: one SQLite row per (event id, channel), queued in the same
+//! transaction that journals the event ([`enqueue`]), delivered at least once by one
+//! [`run_worker`] task per channel, marked `delivered` only on the receiver's confirmation.
+//!
+//! - **Order per alarm.** Rows are grouped by enterprise (drill events apart); within a
+//!   group the worker always serves the oldest pending batch first and never skips a
+//!   failing one, so events of one alarm (which belongs to one enterprise) reach the
+//!   receiver in journal order. Other groups keep flowing.
+//! - **Batches** ([`super::group`]): a batch is fixed (column `batch` = its first event id,
+//!   the idempotency key) on its first attempt, so retries resend the same message.
+//! - **Retries**: retryable failures (timeout, connection, 5xx, 429, robot rate limits)
+//!   are retried forever with the shared exponential back-off
+//!   ([`parkguard_drivers::backoff::Backoff`]); permanent ones (other 4xx, refused drill,
+//!   bad config) mark the rows `failed` with the error, for the console and a system alarm.
+//! - **Restart**: all state is in the table; a new worker resumes pending rows (a batch
+//!   interrupted mid-flight is resent under the same key; receivers dedup on it).
+//! - **Back-pressure**: the table is the queue, bounded only by disk; the lead's journal
+//!   transaction never waits on delivery. [`channel_summaries`] reports the backlog.
+
+use super::group::{GroupHead, Grouping, Plan, plan};
+use super::route::Admitted;
+use crate::config::duration::ConfigDuration;
+use parkguard_drivers::backoff::Backoff;
+use parkguard_drivers::notify::{Deliver, DeliveryError, Notification};
+use parkguard_rules::FieldError;
+use parkguard_rules::Timestamp;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, warn};
+
+/// Errors of the outbox.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// SQLite failed.
+    #[error("outbox database: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// The admission is for another event.
+    #[error("admission is for event {admitted}, not {event}")]
+    Mismatch {
+        /// Admitted event id.
+        admitted: u64,
+        /// Event given.
+        event: u64,
+    },
+    /// Payload (de)serialization.
+    #[error("outbox payload: {0}")]
+    Payload(#[from] serde_json::Error),
+    /// A blocking task panicked or was cancelled.
+    #[error("outbox task: {0}")]
+    Task(String),
+}
+
+/// Delivery status of one row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Waiting or being retried.
+    Pending,
+    /// Confirmed by the receiver.
+    Delivered,
+    /// Given up (permanent error); see `last_error`.
+    Failed,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Delivered => "delivered",
+            Status::Failed => "failed",
+        }
+    }
+    fn parse(s: &str) -> Status {
+        match s {
+            "delivered" => Status::Delivered,
+            "failed" => Status::Failed,
+            _ => Status::Pending,
+        }
+    }
+}
+
+/// Delivery status of one event on one channel (for the console).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DeliveryStatus {
+    /// Event id.
+    pub event_id: u64,
+    /// Channel.
+    pub channel: String,
+    /// Alarm.
+    pub alarm_id: String,
+    /// Status.
+    pub status: Status,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Next attempt (ms since epoch) while pending.
+    pub next_attempt_ms: i64,
+    /// Last error, if any.
+    pub last_error: Option<String>,
+    /// Delivery time (ms since epoch).
+    pub delivered_at_ms: Option<i64>,
+    /// Idempotency key of the message it went out in.
+    pub batch: Option<u64>,
+    /// Receiver's receipt.
+    pub receipt: Option<String>,
+}
+
+/// Backlog of one channel.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ChannelSummary {
+    /// Channel.
+    pub channel: String,
+    /// Rows pending.
+    pub pending: u64,
+    /// Rows delivered.
+    pub delivered: u64,
+    /// Rows failed.
+    pub failed: u64,
+    /// Enqueue time (ms) of the oldest pending row.
+    pub oldest_pending_ms: Option<i64>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS outbox (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id     INTEGER NOT NULL,
+    channel      TEXT    NOT NULL,
+    alarm_id     TEXT    NOT NULL,
+    group_key    TEXT    NOT NULL,
+    drill        TEXT,
+    payload      TEXT    NOT NULL,
+    status       TEXT    NOT NULL DEFAULT 'pending',
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    enqueued_at  INTEGER NOT NULL,
+    next_attempt INTEGER NOT NULL,
+    batch        INTEGER,
+    last_error   TEXT,
+    delivered_at INTEGER,
+    receipt      TEXT,
+    UNIQUE (event_id, channel)
+);
+CREATE INDEX IF NOT EXISTS outbox_queue ON outbox (channel, status, group_key, seq);
+CREATE INDEX IF NOT EXISTS outbox_event ON outbox (event_id);
+";
+
+/// Create the outbox table (idempotent). Call once on the journal's connection.
+pub fn init_schema(conn: &Connection) -> Result<(), OutboxError> {
+    conn.execute_batch(SCHEMA)?;
+    Ok(())
+}
+
+/// Open (or create) a database file for the outbox: WAL journal, `synchronous = FULL`
+/// (a confirmed delivery is never forgotten), 5 s busy timeout, schema created.
+pub fn open(path: &Path) -> Result<Connection, OutboxError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    init_schema(&conn)?;
+    Ok(conn)
+}
+
+fn group_key(n: &Notification) -> String {
+    match &n.drill {
+        Some(d) => format!("drill:{d}:{}", n.enterprise),
+        None => n.enterprise.clone(),
+    }
+}
+
+/// Queue `n` for the admitted channel inside the caller's transaction (the one that
+/// journals the event). Returns `false` when that (event, channel) was already queued.
+/// `now` is the wall-clock time of queuing (not the event's time: a drill replays on its
+/// own clock); the row is due at once. Call `wake.notify_one()` for the channel's worker
+/// after the commit.
+pub fn enqueue(
+    tx: &Transaction<'_>,
+    admitted: &Admitted,
+    n: &Notification,
+    now: Timestamp,
+) -> Result<bool, OutboxError> {
+    if admitted.event_id() != n.event_id {
+        return Err(OutboxError::Mismatch {
+            admitted: admitted.event_id(),
+            event: n.event_id,
+        });
+    }
+    let payload = serde_json::to_string(n)?;
+    let ms = now.millis();
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO outbox
+            (event_id, channel, alarm_id, group_key, drill, payload, enqueued_at, next_attempt)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+        )?
+        .execute(params![
+            n.event_id as i64,
+            admitted.channel(),
+            n.alarm_id,
+            group_key(n),
+            n.drill,
+            payload,
+            ms
+        ])?;
+    Ok(inserted == 1)
+}
+
+fn row_status(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryStatus> {
+    Ok(DeliveryStatus {
+        event_id: r.get::<_, i64>(0)? as u64,
+        channel: r.get(1)?,
+        alarm_id: r.get(2)?,
+        status: Status::parse(&r.get::<_, String>(3)?),
+        attempts: r.get::<_, i64>(4)? as u32,
+        next_attempt_ms: r.get(5)?,
+        last_error: r.get(6)?,
+        delivered_at_ms: r.get(7)?,
+        batch: r.get::<_, Option<i64>>(8)?.map(|b| b as u64),
+        receipt: r.get(9)?,
+    })
+}
+
+const STATUS_COLS: &str = "event_id, channel, alarm_id, status, attempts, next_attempt, \
+                           last_error, delivered_at, batch, receipt";
+
+/// Delivery status of an event on every channel it was queued for.
+pub fn status(conn: &Connection, event_id: u64) -> Result<Vec<DeliveryStatus>, OutboxError> {
+    let mut st = conn.prepare(&format!(
+        "SELECT {STATUS_COLS} FROM outbox WHERE event_id = ?1 ORDER BY channel"
+    ))?;
+    let rows = st.query_map([event_id as i64], row_status)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Every row of a channel in queue order (for the console and tests).
+pub fn channel_rows(conn: &Connection, channel: &str) -> Result<Vec<DeliveryStatus>, OutboxError> {
+    let mut st = conn.prepare(&format!(
+        "SELECT {STATUS_COLS} FROM outbox WHERE channel = ?1 ORDER BY seq"
+    ))?;
+    let rows = st.query_map([channel], row_status)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Backlog per channel.
+pub fn channel_summaries(conn: &Connection) -> Result<Vec<ChannelSummary>, OutboxError> {
+    let mut st = conn.prepare(
+        "SELECT channel,
+                SUM(status = 'pending'), SUM(status = 'delivered'), SUM(status = 'failed'),
+                MIN(CASE WHEN status = 'pending' THEN enqueued_at END)
+         FROM outbox GROUP BY channel ORDER BY channel",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok(ChannelSummary {
+            channel: r.get(0)?,
+            pending: r.get::<_, i64>(1)? as u64,
+            delivered: r.get::<_, i64>(2)? as u64,
+            failed: r.get::<_, i64>(3)? as u64,
+            oldest_pending_ms: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Settings of a delivery worker.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Grouping window and batch size.
+    pub grouping: Grouping,
+    /// First retry delay. Default 1 s.
+    pub backoff_initial: Duration,
+    /// Longest retry delay. Default 60 s.
+    pub backoff_max: Duration,
+    /// Poll the table this often even without a wake-up (rows queued by another process).
+    /// Default 1 s.
+    pub poll: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            grouping: Grouping::default(),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `[outbox]`: delivery settings shared by every channel's worker.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// After a message to a group (an enterprise), further alarms of that group wait this
+    /// long and then go out together; the first alarm of a quiet group goes at once.
+    /// `"0s"` disables it. 0–10 min. Default `"30s"`.
+    #[serde(default = "default_window")]
+    pub group_window: ConfigDuration,
+    /// Most alarms in one message, 1–100. Default 20.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// First retry delay after a retryable failure, 100 ms – 1 min. Default `"1s"`.
+    #[serde(default = "default_retry_initial")]
+    pub retry_initial: ConfigDuration,
+    /// Longest retry delay (the delay doubles up to it, ±20 % jitter), ≥ `retry_initial`,
+    /// ≤ 1 h. Retries never stop: delivery is at least once. Default `"60s"`.
+    #[serde(default = "default_retry_max")]
+    pub retry_max: ConfigDuration,
+}
+
+fn default_window() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(30))
+}
+fn default_max_batch() -> usize {
+    20
+}
+fn default_retry_initial() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(1))
+}
+fn default_retry_max() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(60))
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            group_window: default_window(),
+            max_batch: default_max_batch(),
+            retry_initial: default_retry_initial(),
+            retry_max: default_retry_max(),
+        }
+    }
+}
+
+impl OutboxConfig {
+    /// Validate into the worker settings; every error with its field.
+    pub fn validate(&self) -> Result<WorkerConfig, Vec<FieldError>> {
+        let mut errs = Vec::new();
+        if self.group_window.0 > Duration::from_secs(600) {
+            errs.push(FieldError::new(
+                "group_window",
+                "longer than 10 min: alarms would wait too long",
+            ));
+        }
+        if !(1..=100).contains(&self.max_batch) {
+            errs.push(FieldError::new("max_batch", "use 1 to 100"));
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&self.retry_initial.0) {
+            errs.push(FieldError::new("retry_initial", "use 100ms to 1m"));
+        }
+        if self.retry_max.0 < self.retry_initial.0 || self.retry_max.0 > Duration::from_secs(3600) {
+            errs.push(FieldError::new(
+                "retry_max",
+                "must be at least `retry_initial` and at most 1h",
+            ));
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        Ok(WorkerConfig {
+            grouping: Grouping {
+                window: self.group_window.0,
+                max_batch: self.max_batch,
+            },
+            backoff_initial: self.retry_initial.0,
+            backoff_max: self.retry_max.0,
+            poll: Duration::from_secs(1),
+        })
+    }
+}
+
+fn wall_now() -> Timestamp {
+    Timestamp::from_nanos(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0),
+    )
+}
+
+type Db = Arc<Mutex<Connection>>;
+
+/// Run a blocking SQLite closure off the async threads.
+async fn with_db<T: Send + 'static>(
+    db: &Db,
+    f: impl FnOnce(&mut Connection) -> Result<T, OutboxError> + Send + 'static,
+) -> Result<T, OutboxError> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut c = db
+            .lock()
+            .map_err(|_| OutboxError::Task("outbox connection mutex poisoned".into()))?;
+        f(&mut c)
+    })
+    .await
+    .map_err(|e| OutboxError::Task(e.to_string()))?
+}
+
+fn heads(conn: &Connection, channel: &str) -> Result<Vec<GroupHead>, OutboxError> {
+    let mut st = conn.prepare(
+        "SELECT o.group_key, o.seq, o.next_attempt, o.batch IS NOT NULL
+         FROM outbox o
+         JOIN (SELECT group_key, MIN(seq) AS s FROM outbox
+               WHERE channel = ?1 AND status = 'pending' GROUP BY group_key) h
+           ON o.seq = h.s",
+    )?;
+    let rows = st.query_map([channel], |r| {
+        Ok(GroupHead {
+            key: r.get(0)?,
+            head_seq: r.get(1)?,
+            next_attempt: Timestamp::from_millis(r.get(2)?),
+            in_batch: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A row of a batch: queue position and its payload (or why it cannot be read).
+type BatchRow = (i64, Result<Notification, String>);
+
+/// Fix (if new) and load the next batch of `key`: rows in queue order.
+fn take_batch(
+    conn: &mut Connection,
+    channel: &str,
+    key: &str,
+    max_batch: usize,
+) -> Result<(u64, Vec<BatchRow>), OutboxError> {
+    let tx = conn.transaction()?;
+    let head: Option<(i64, i64, Option<i64>)> = tx
+        .query_row(
+            "SELECT seq, event_id, batch FROM outbox
+             WHERE channel = ?1 AND group_key = ?2 AND status = 'pending'
+             ORDER BY seq LIMIT 1",
+            params![channel, key],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((_, head_event, head_batch)) = head else {
+        return Ok((0, Vec::new()));
+    };
+    let batch = match head_batch {
+        Some(b) => b,
+        None => {
+            tx.execute(
+                "UPDATE outbox SET batch = ?3 WHERE seq IN (
+                    SELECT seq FROM outbox
+                    WHERE channel = ?1 AND group_key = ?2 AND status = 'pending' AND batch IS NULL
+                    ORDER BY seq LIMIT ?4)",
+                params![channel, key, head_event, max_batch.max(1) as i64],
+            )?;
+            head_event
+        }
+    };
+    let rows = {
+        let mut st = tx.prepare(
+            "SELECT seq, payload FROM outbox
+             WHERE channel = ?1 AND batch = ?2 AND status = 'pending' ORDER BY seq",
+        )?;
+        let rows = st.query_map(params![channel, batch], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        rows.map(|r| {
+            r.map(|(seq, p)| {
+                (
+                    seq,
+                    serde_json::from_str::<Notification>(&p).map_err(|e| e.to_string()),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?
+    };
+    tx.commit()?;
+    Ok((batch as u64, rows))
+}
+
+fn mark(
+    conn: &mut Connection,
+    seqs: &[i64],
+    status: Status,
+    now: Timestamp,
+    next_attempt: Timestamp,
+    error: Option<&str>,
+    receipt: Option<&str>,
+) -> Result<(), OutboxError> {
+    let tx = conn.transaction()?;
+    {
+        let mut st = tx.prepare(
+            "UPDATE outbox SET status = ?2, attempts = attempts + 1, next_attempt = ?3,
+                 last_error = COALESCE(?4, last_error),
+                 delivered_at = CASE WHEN ?2 = 'delivered' THEN ?5 ELSE delivered_at END,
+                 receipt = COALESCE(?6, receipt)
+             WHERE seq = ?1",
+        )?;
+        for s in seqs {
+            st.execute(params![
+                s,
+                status.as_str(),
+                next_attempt.millis(),
+                error,
+                now.millis(),
+                receipt
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Deliver the outbox rows of `channel` until `cancel` fires. One worker per channel and
+/// database. `wake` is notified by whoever enqueues (after commit); the table is also
+/// polled every `cfg.poll`. Returns only on cancel or a database error (the caller
+/// restarts it; nothing is lost, the rows stay pending). Runs in span `outbox{channel}`.
+pub async fn run_worker<D: Deliver>(
+    db_path: PathBuf,
+    channel: Arc<D>,
+    cfg: WorkerConfig,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+) -> Result<(), OutboxError> {
+    let span = tracing::info_span!("outbox", channel = %channel.name());
+    worker_loop(db_path, channel, cfg, wake, cancel)
+        .instrument(span)
+        .await
+}
+
+async fn worker_loop<D: Deliver>(
+    db_path: PathBuf,
+    channel: Arc<D>,
+    cfg: WorkerConfig,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+) -> Result<(), OutboxError> {
+    let name = channel.name().to_string();
+    let db: Db = Arc::new(Mutex::new(open(&db_path)?));
+    // Back-off per group: one enterprise's failing message does not slow the others, and
+    // the others' successes do not reset its back-off.
+    let mut backoffs: HashMap<String, Backoff> = HashMap::new();
+    let mut last_sent: HashMap<String, Timestamp> = HashMap::new();
+    info!(channel = %name, "outbox worker started");
+    loop {
+        if cancel.is_cancelled() {
+            info!(channel = %name, "outbox worker stopped");
+            return Ok(());
+        }
+        let now = wall_now();
+        let ch = name.clone();
+        let hs = with_db(&db, move |c| heads(c, &ch)).await?;
+        let wait = match plan(&hs, &last_sent, &cfg.grouping, now) {
+            Plan::Send(key) => {
+                let ch = name.clone();
+                let k = key.clone();
+                let max = cfg.grouping.max_batch;
+                let (batch_id, rows) = with_db(&db, move |c| take_batch(c, &ch, &k, max)).await?;
+                if rows.is_empty() {
+                    continue;
+                }
+                let mut seqs = Vec::with_capacity(rows.len());
+                let mut batch = Vec::with_capacity(rows.len());
+                let mut bad = None;
+                for (seq, n) in rows {
+                    seqs.push(seq);
+                    match n {
+                        Ok(n) => batch.push(n),
+                        Err(e) => bad = Some(e),
+                    }
+                }
+                let result = match bad {
+                    Some(e) => Err(DeliveryError::Config(format!("unreadable payload: {e}"))),
+                    None => {
+                        tokio::select! {
+                            r = channel.deliver_batch(&batch) => r,
+                            () = cancel.cancelled() => {
+                                // Not marked: the batch stays pending and is resent (same
+                                // key) by the next worker.
+                                info!(channel = %name, batch = batch_id, "outbox worker stopped mid-delivery");
+                                return Ok(());
+                            }
+                        }
+                    }
+                };
+                let done = wall_now();
+                match result {
+                    Ok(d) => {
+                        debug!(channel = %name, batch = batch_id, events = seqs.len(), status = d.status, "delivered");
+                        backoffs.remove(&key);
+                        last_sent.insert(key, done);
+                        let receipt = d.receipt;
+                        with_db(&db, move |c| {
+                            mark(
+                                c,
+                                &seqs,
+                                Status::Delivered,
+                                done,
+                                done,
+                                None,
+                                Some(&receipt),
+                            )
+                        })
+                        .await?;
+                    }
+                    Err(e) if e.is_retryable() => {
+                        let delay = backoffs
+                            .entry(key.clone())
+                            .or_insert_with(|| {
+                                Backoff::new(
+                                    cfg.backoff_initial,
+                                    cfg.backoff_max,
+                                    fnv1a(&name) ^ fnv1a(&key),
+                                )
+                            })
+                            .next_delay();
+                        warn!(channel = %name, batch = batch_id, error = %e, retry_in_ms = delay.as_millis() as u64, "delivery failed, will retry");
+                        let msg = e.to_string();
+                        with_db(&db, move |c| {
+                            mark(
+                                c,
+                                &seqs,
+                                Status::Pending,
+                                done,
+                                done + delay,
+                                Some(&msg),
+                                None,
+                            )
+                        })
+                        .await?;
+                    }
+                    Err(e) => {
+                        backoffs.remove(&key);
+                        error!(channel = %name, batch = batch_id, error = %e, "delivery failed permanently");
+                        let msg = e.to_string();
+                        with_db(&db, move |c| {
+                            mark(c, &seqs, Status::Failed, done, done, Some(&msg), None)
+                        })
+                        .await?;
+                    }
+                }
+                continue;
+            }
+            Plan::WaitUntil(t) => t.since(now).min(cfg.poll),
+            Plan::Idle => cfg.poll,
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = wake.notified() => {}
+            () = cancel.cancelled() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_config_defaults_and_errors() {
+        let c: OutboxConfig = serde_json::from_str("{}").unwrap();
+        let w = c.validate().unwrap();
+        assert_eq!(w.grouping.window, Duration::from_secs(30));
+        assert_eq!(w.grouping.max_batch, 20);
+        let bad: OutboxConfig = serde_json::from_value(serde_json::json!({
+            "group_window": "1h", "max_batch": 0, "retry_initial": "10ms", "retry_max": "2h"
+        }))
+        .unwrap();
+        let fields: Vec<String> = bad
+            .validate()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            ["group_window", "max_batch", "retry_initial", "retry_max"]
+        );
+        assert!(serde_json::from_str::<OutboxConfig>(r#"{"window": "5s"}"#).is_err());
+    }
+}
