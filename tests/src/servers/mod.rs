@@ -1,2 +1,3 @@
 //! Starters for the real servers the tests talk to. Each returns a [`crate::Server`]
 //! whose PID was seen listening on its port.
+pub mod chromium;
