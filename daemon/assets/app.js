@@ -175,7 +175,13 @@ function connectEvents() {
     if (S.route.startsWith('point/') && S.route.slice(6) === p.tag) renderPointHeader(p);
   });
   es.addEventListener('warning', (e) => { S.warnings = JSON.parse(e.data); renderBanner(); });
-  es.addEventListener('limits', () => { if (S.route.startsWith('limits')) render(); });
+  es.addEventListener('limits', (e) => {
+    // Someone changed limits: refresh the editor unless this user is editing it.
+    const v = JSON.parse(e.data);
+    if (S.route === 'limits/' + encodeURIComponent(v.tag) || S.route === 'limits/' + v.tag) {
+      if (!$('#lim-diff-table')) render();
+    }
+  });
   es.addEventListener('audit', () => { if (S.route === 'audit') render(); });
   es.addEventListener('reset', async () => { await loadSnapshot(); renderBanner(); onAlarmsChanged(); });
 }
@@ -273,8 +279,8 @@ function alarmTable(list, actions) {
       <td class="state">${esc(t('st_' + a.state))}${a.acked_by ? ` <span class="muted">(${esc(a.acked_by)})</span>` : ''}${a.comment ? `<div class="muted">${esc(a.comment)}</div>` : ''}</td>
       <td>${btns}</td></tr>`;
   }).join('');
-  return `<table id="alarm-table"><thead><tr><th></th><th>${esc(t('time'))}</th><th>${esc(t('priority'))}</th><th>${esc(t('enterprise'))}</th>
-    <th>${esc(t('point'))}</th><th>${esc(t('condition'))}</th><th>${esc(t('value'))}</th><th>${esc(t('limit'))}</th><th>${esc(t('state'))}</th><th>${esc(t('actions'))}</th></tr></thead>
+  return `<table id="alarm-table"><thead><tr><th></th><th class="num">${esc(t('time'))}</th><th>${esc(t('priority'))}</th><th>${esc(t('enterprise'))}</th>
+    <th>${esc(t('point'))}</th><th>${esc(t('condition'))}</th><th class="num">${esc(t('value'))}</th><th class="num">${esc(t('limit'))}</th><th>${esc(t('state'))}</th><th>${esc(t('actions'))}</th></tr></thead>
     <tbody>${rows}</tbody></table>`;
 }
 function entName(code) {
@@ -354,8 +360,12 @@ function renderMap() {
   if (S.park.boundary && S.park.boundary.length) svg += poly(S.park.boundary, 'park-boundary');
   for (const e of S.park.enterprises) {
     if (e.boundary && e.boundary.length) svg += poly(e.boundary, 'ent-boundary');
-    const c = e.location || (e.boundary && e.boundary[0]);
-    if (c) { const [x, y] = pr.xy(c); svg += `<text class="ent-label" x="${x.toFixed(1)}" y="${(y - 8).toFixed(1)}">${esc(e.name)}</text>`; }
+    let lx; let ly;
+    if (e.boundary && e.boundary.length) {
+      const xy = e.boundary.map((g) => pr.xy(g));
+      lx = Math.min(...xy.map((p) => p[0])) + 6; ly = Math.min(...xy.map((p) => p[1])) + 18;
+    } else if (e.location) { [lx, ly] = pr.xy(e.location); ly -= 14; }
+    if (lx != null) svg += `<text class="ent-label" x="${lx.toFixed(1)}" y="${ly.toFixed(1)}">${esc(e.name)}</text>`;
   }
   for (const pt of S.park.points) {
     if (!pt.location) continue;
@@ -363,10 +373,10 @@ function renderMap() {
     const live = S.points.get(pt.tag) || { state: 'normal', value: null };
     const st = markerState(live);
     svg += `<circle id="marker-${esc(pt.tag)}" class="marker${st === 'alarm_unack' || st === 'rtn_unack' ? ' flash' : ''}" data-tag="${esc(pt.tag)}" data-state="${esc(st)}"
-      cx="${x.toFixed(1)}" cy="${y.toFixed(1)}" r="7" fill="${STATE_COLOUR[st] || '#6b7580'}"><title>${esc(pt.tag)} ${esc(pt.name)}</title></circle>`;
+      cx="${x.toFixed(1)}" cy="${y.toFixed(1)}" r="9" fill="${STATE_COLOUR[st] || '#6b7580'}"><title>${esc(pt.tag)} ${esc(pt.name)}</title></circle>`;
   }
   const legend = [['normal', 'legend_normal'], ['alarm_unack', 'legend_alarm'], ['fault', 'legend_mask'], ['novalue', 'legend_novalue']]
-    .map(([s, k]) => `<span><i class="dot" style="background:${STATE_COLOUR[s]}"></i>${esc(t(k))}</span>`).join('');
+    .map(([s, k]) => `<span><svg class="dot" viewBox="0 0 10 10"><circle cx="5" cy="5" r="5" fill="${STATE_COLOUR[s]}"/></svg>${esc(t(k))}</span>`).join('');
   $('#view').innerHTML = `<h2>${esc(t('map_title'))} · ${esc(S.park.name)}</h2><p class="legend">${legend}</p>
     <svg id="map" viewBox="0 0 ${pr.W} ${pr.H}" preserveAspectRatio="xMidYMid meet">${svg}</svg>`;
 }
@@ -385,7 +395,7 @@ function renderPointHeader(p) {
   if (!el) return;
   const st = markerState(p);
   el.innerHTML = `<div class="card"><div class="muted">${esc(p.tag)} · ${esc(entName(p.enterprise))}</div><div class="big" id="point-value">${esc(fmtNum(p.value))} <small>${esc(p.unit)}</small></div></div>
-    <div class="card"><div class="muted">${esc(t('state'))}</div><div class="big" style="color:${STATE_COLOUR[st]}">${esc(t('ps_' + st))}</div></div>
+    <div class="card"><div class="muted">${esc(t('state'))}</div><div class="big st-${esc(st)}" id="point-state">${esc(t('ps_' + st))}</div></div>
     <div class="card"><div class="muted">${esc(t('quality'))}</div><div>${esc(p.quality)}</div><div class="muted">${esc(t('source_time'))}</div><div>${esc(fmtTime(p.source_time_ms))}</div></div>`;
 }
 async function renderPoint([tag]) {
@@ -428,7 +438,7 @@ function trendSvg(hist, p) {
   for (let i = 0; i <= 6; i++) { const ms = hist.from_ms + (hist.to_ms - hist.from_ms) * i / 6; s += `<text x="${x(ms) - 18}" y="${H - 6}">${esc(fmtTime(ms).slice(-8, -3))}</text>`; }
   for (const [n, v] of lines) {
     const c = n.length === 2 ? '#e02424' : '#f07800';
-    s += `<line class="limit-line" data-limit="${n}" x1="${L}" x2="${W - R}" y1="${y(v)}" y2="${y(v)}" stroke="${c}" stroke-dasharray="6 4"/><text x="${W - R - 40}" y="${y(v) - 3}" style="fill:${c}">${n.toUpperCase()} ${fmtNum(v)}</text>`;
+    s += `<line class="limit-line" data-limit="${n}" x1="${L}" x2="${W - R}" y1="${y(v)}" y2="${y(v)}" stroke="${c}" stroke-dasharray="6 4"/><text x="${W - R - 60}" y="${y(v) - 3}" fill="${c}" class="limit-label">${n.toUpperCase()} ${fmtNum(v)}</text>`;
   }
   const pts = hist.samples.filter((q) => q.good).map((q) => `${x(q.t).toFixed(1)},${y(q.v).toFixed(1)}`).join(' ');
   if (pts) s += `<polyline fill="none" stroke="#4aa3ff" stroke-width="2" points="${pts}"/>`;
@@ -500,21 +510,22 @@ async function renderLimits([tag]) {
   document.querySelectorAll('.form-grid input').forEach((i) => { i.oninput = diff; });
   diff();
   const msg = (text, ok) => { const m = $('#lim-msg'); m.textContent = text; m.className = ok ? 'ok' : 'error'; };
+  if (S.limMsg && S.limMsg.tag === tag && Date.now() < S.limMsg.until) msg(S.limMsg.text, true);
   $('#lim-save').onclick = async () => {
     const reason = $('#lim-reason').value.trim();
     if (!reason) { msg(t('reason_required'), false); return; }
     if (!diff()) { msg(t('no_change'), false); return; }
     try {
       await api('PUT', `/api/v1/limits/${encodeURIComponent(tag)}`, { limits: read(), reason, expected_version: cur.current.version });
-      msg(t('saved'), true);
-      setTimeout(() => render(), 300);
+      S.limMsg = { tag, text: t('saved'), until: Date.now() + 8000 };
+      render();
     } catch (e) { msg(e.message, false); }
   };
   document.querySelectorAll('[data-restore]').forEach((b) => {
     b.onclick = async () => {
       const reason = $('#lim-reason').value.trim();
       if (!reason) { msg(t('reason_required'), false); return; }
-      try { await api('POST', `/api/v1/limits/${encodeURIComponent(tag)}/restore`, { version: Number(b.dataset.restore), reason }); msg(t('saved'), true); render(); } catch (e) { msg(e.message, false); }
+      try { await api('POST', `/api/v1/limits/${encodeURIComponent(tag)}/restore`, { version: Number(b.dataset.restore), reason }); S.limMsg = { tag, text: t('saved'), until: Date.now() + 8000 }; render(); } catch (e) { msg(e.message, false); }
     };
   });
 }

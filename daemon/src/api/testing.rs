@@ -217,6 +217,11 @@ impl TestBackend {
         self.hub.publish("warning", &view);
     }
 
+    /// Every alarm so far (any state), oldest first.
+    pub fn alarms_snapshot(&self) -> Vec<AlarmView> {
+        self.lock().alarms.clone()
+    }
+
     /// Record an unmapped message.
     pub fn add_unmapped(&self, e: UnmappedEntry) {
         self.lock().unmapped.push(e);
