@@ -32,7 +32,7 @@ const I18N = {
     saved: '已保存', engineer_only: '仅工程师可修改', on_delay: '延时报警(s)', off_delay: '延时恢复(s)',
     deadband: '死区', no_change: '没有改动',
     audit_title: '审计日志', verify: '校验哈希链', chain_ok: '哈希链完整', chain_bad: '哈希链被篡改',
-    who: '操作人', ip: '来源', what: '操作', target: '对象', before: '修改前', after: '修改后',
+    who: '操作人', why: '原因', ip: '来源', what: '操作', target: '对象', before: '修改前', after: '修改后',
     unmapped_title: '未映射数据', source: '来源', key: '键', count_seen: '次数', last_seen: '最近', sample: '样例',
     drill_title: '演练报警', drill: '演练', none: '无',
   },
@@ -64,7 +64,7 @@ const I18N = {
     saved: 'Saved', engineer_only: 'Engineers only', on_delay: 'On-delay (s)', off_delay: 'Off-delay (s)',
     deadband: 'Deadband', no_change: 'Nothing changed',
     audit_title: 'Audit log', verify: 'Verify hash chain', chain_ok: 'Hash chain intact', chain_bad: 'Hash chain broken',
-    who: 'Who', ip: 'From', what: 'What', target: 'Target', before: 'Before', after: 'After',
+    who: 'Who', why: 'Reason', ip: 'From', what: 'What', target: 'Target', before: 'Before', after: 'After',
     unmapped_title: 'Unmapped data', source: 'Source', key: 'Key', count_seen: 'Count', last_seen: 'Last seen', sample: 'Sample',
     drill_title: 'Drill alarms', drill: 'Drill', none: 'none',
   },
@@ -491,7 +491,7 @@ async function renderLimits([tag]) {
     <div id="lim-diff"></div>
     <label>${esc(t('reason'))}<textarea id="lim-reason" rows="2" ${eng ? '' : 'disabled'}></textarea></label>
     <p><button id="lim-save" class="primary" ${eng ? '' : 'disabled'}>${esc(t('save'))}</button> <span id="lim-msg"></span></p>
-    <h2>${esc(t('versions'))}</h2><table id="lim-versions"><thead><tr><th>${esc(t('version'))}</th><th>${esc(t('time'))}</th><th>${esc(t('changed_by'))}</th><th>HH / H / L / LL</th><th>${esc(t('reason'))}</th><th></th></tr></thead><tbody>
+    <h2>${esc(t('versions'))}</h2><table id="lim-versions"><thead><tr><th>${esc(t('version'))}</th><th>${esc(t('time'))}</th><th>${esc(t('changed_by'))}</th><th>HH / H / L / LL</th><th>${esc(t('why'))}</th><th></th></tr></thead><tbody>
     ${versions.slice().reverse().map((v) => `<tr><td>${v.version}</td><td>${esc(v.changed_ms ? fmtTime(v.changed_ms) : '—')}</td><td>${esc(v.changed_by)}</td>
       <td class="num">${[v.limits.hh, v.limits.h, v.limits.l, v.limits.ll].map(fmtNum).join(' / ')}</td><td>${esc(v.reason)}</td>
       <td>${eng && v.version !== cur.current.version ? `<button data-restore="${v.version}">${esc(t('restore'))}</button>` : ''}</td></tr>`).join('')}</tbody></table>`;
@@ -531,14 +531,29 @@ async function renderLimits([tag]) {
 }
 
 // ------------------------------------------------------------------ audit
+function flat(v, prefix, out) {
+  if (v && typeof v === 'object' && !Array.isArray(v)) {
+    for (const k of Object.keys(v)) flat(v[k], prefix ? prefix + '.' + k : k, out);
+  } else out[prefix || 'value'] = v;
+  return out;
+}
+// Only what changed, one `field: before → after` per line (the raw JSON is in the title).
+function auditChange(before, after) {
+  let fb; let fa;
+  try { fb = flat(JSON.parse(before), '', {}); fa = flat(JSON.parse(after), '', {}); } catch (_) { return `${esc(before)} → ${esc(after)}`; }
+  const show = (v) => (v === undefined ? '—' : JSON.stringify(v));
+  const keys = [...new Set([...Object.keys(fb), ...Object.keys(fa)])].filter((k) => show(fb[k]) !== show(fa[k]));
+  if (!keys.length) return '—';
+  return keys.map((k) => `${esc(k)}: ${esc(show(fb[k]))} → <b>${esc(show(fa[k]))}</b>`).join('<br>');
+}
 async function renderAudit() {
   if (!hasRole('engineer')) { $('#view').innerHTML = `<p class="empty">${esc(t('engineer_only'))}</p>`; return; }
   const list = await api('GET', '/api/v1/audit?limit=200');
   $('#view').innerHTML = `<h2>${esc(t('audit_title'))}</h2><p><button id="verify">${esc(t('verify'))}</button> <span id="verify-msg"></span></p>
     <table id="audit-table"><thead><tr><th>#</th><th>${esc(t('time'))}</th><th>${esc(t('who'))}</th><th>${esc(t('ip'))}</th><th>${esc(t('what'))}</th><th>${esc(t('target'))}</th>
-    <th>${esc(t('before'))} → ${esc(t('after'))}</th><th>${esc(t('reason'))}</th></tr></thead><tbody>
+    <th>${esc(t('before'))} → ${esc(t('after'))}</th><th>${esc(t('why'))}</th></tr></thead><tbody>
     ${list.map((e) => `<tr data-action="${esc(e.action)}"><td>${e.seq}</td><td class="num">${esc(fmtTime(e.ts_ms))}</td><td>${esc(e.actor)}</td><td>${esc(e.ip)}</td>
-      <td>${esc(e.action)}</td><td>${esc(e.target)}</td><td class="mono">${esc(e.before)} → ${esc(e.after)}</td><td>${esc(e.reason)}</td></tr>`).join('')}
+      <td>${esc(e.action)}</td><td>${esc(e.target)}</td><td class="mono" title="${esc(e.before)} → ${esc(e.after)}">${auditChange(e.before, e.after)}</td><td>${esc(e.reason)}</td></tr>`).join('')}
     </tbody></table>`;
   $('#verify').onclick = async () => {
     const v = await api('GET', '/api/v1/audit/verify');
@@ -552,7 +567,7 @@ async function renderAudit() {
 async function renderUnmapped() {
   const list = await api('GET', '/api/v1/unmapped');
   $('#view').innerHTML = `<h2>${esc(t('unmapped_title'))}</h2>${!list.length ? `<p class="empty">${esc(t('none'))}</p>` : `<table><thead><tr><th>${esc(t('source'))}</th><th>${esc(t('key'))}</th>
-    <th>${esc(t('reason'))}</th><th>${esc(t('count_seen'))}</th><th>${esc(t('last_seen'))}</th><th>${esc(t('sample'))}</th></tr></thead><tbody>
+    <th>${esc(t('why'))}</th><th>${esc(t('count_seen'))}</th><th>${esc(t('last_seen'))}</th><th>${esc(t('sample'))}</th></tr></thead><tbody>
     ${list.map((u) => `<tr><td>${esc(u.source)}</td><td>${esc(u.key)}</td><td>${esc(u.reason)}</td><td class="num">${u.count}</td><td>${esc(fmtTime(u.last_ms))}</td><td class="mono">${esc(u.sample)}</td></tr>`).join('')}</tbody></table>`}`;
 }
 

@@ -382,6 +382,16 @@ pub struct ReadyCheck {
 
 /// What the engine offers the API. Every method answers quickly from the engine's
 /// snapshot or command channel; none may block the engine.
+///
+/// Events: the backend publishes every state change on the [`super::EventHub`] — whatever
+/// caused it (a reading, a timer, an API command, a command from another channel) — so the
+/// hub has one writer per kind and the console one source of truth:
+/// `hub.publish("alarm", &AlarmView)` on every alarm state change,
+/// `hub.publish("point", &PointView)` on a point's state change (alarm, quality, service),
+/// `hub.publish_point(tag, &PointView, now)` for new values (throttled per point),
+/// `hub.publish("warning", &WarningsView)` when a grade changes,
+/// `hub.publish("limits", &LimitsVersion)` when limits change. Drill engines publish
+/// their alarms with `drill` set. The API itself publishes only `audit` events.
 pub trait ApiBackend: Send + Sync + 'static {
     /// Every point with its live state.
     fn points(&self) -> BoxFut<'_, Result<Vec<PointView>, BackendError>>;

@@ -1,4 +1,5 @@
-//! Route handlers. Each write: validate → backend → audit entry → event.
+//! Route handlers. Each write: validate → backend (which applies it and publishes the
+//! resulting state change on the hub, like any other change) → audit entry.
 
 use super::backend::{Actor, AlarmCommand, AlarmFilter, AlarmView, LimitsDto, PointCommand};
 use super::error::{ApiError, Body, P, Q};
@@ -395,7 +396,6 @@ async fn point_cmd(
         reason,
     )
     .await?;
-    st.hub.publish("point", &after);
     Ok(Json(to_value(&after)))
 }
 
@@ -484,7 +484,6 @@ async fn alarm_cmd(
         reason,
     )
     .await?;
-    st.hub.publish("alarm", &after);
     Ok(Json(to_value(&after)))
 }
 
@@ -707,7 +706,6 @@ async fn apply_limits(
         &reason,
     )
     .await?;
-    st.hub.publish("limits", &after);
     Ok(Json(to_value(&after)))
 }
 

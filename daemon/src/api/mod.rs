@@ -11,9 +11,15 @@
 //! built from that table, the role test walks it, and a test compares it with the OpenAPI
 //! document served at `/api/v1/openapi.json` (`daemon/assets/openapi.json`).
 //!
-//! Wiring (the daemon's `run`): build an [`AuthService`] from the users file, open the
-//! [`AuditLog`] in the data dir, create an [`EventHub`] and spawn its flusher, implement
-//! [`ApiBackend`] over the engine task's handles, then [`serve`] the [`router`].
+//! Wiring (the daemon's `run`):
+//! ```text
+//! let hub = Arc::new(EventHub::new(HubSettings::default(), first_id));
+//! tokio::spawn(hub.clone().run_flusher(shutdown.clone()));
+//! // engine task gets `hub`; its handles implement ApiBackend
+//! let state = AppState::new(backend, hub, ParkInfo::from_config(&cfg),
+//!                           &users_file, &cfg.data.dir.join("audit.db"), tls)?;
+//! api::serve(TcpListener::bind(&cfg.api.listen).await?, api::router(state), shutdown).await?;
+//! ```
 
 pub mod backend;
 pub mod console;
@@ -94,6 +100,38 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Static park data.
     pub park: Arc<ParkInfo>,
+}
+
+impl AppState {
+    /// Everything the API needs, for `run`: users from `users_file` (refused when missing
+    /// or invalid), the audit log at `audit_db` (created), the `hub` the engine publishes
+    /// into, and the engine's `backend`. `tls` marks cookies `Secure`.
+    pub fn new(
+        backend: Arc<dyn ApiBackend>,
+        hub: Arc<EventHub>,
+        park: ParkInfo,
+        users_file: &std::path::Path,
+        audit_db: &std::path::Path,
+        tls: bool,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let settings = crate::auth::AuthSettings {
+            tls,
+            ..Default::default()
+        };
+        let auth = AuthService::from_file(users_file, settings)
+            .with_context(|| format!("cannot load users from {}", users_file.display()))?;
+        let audit = AuditLog::open(audit_db)
+            .with_context(|| format!("cannot open the audit log {}", audit_db.display()))?;
+        Ok(Self {
+            backend,
+            auth: Arc::new(auth),
+            audit: Arc::new(audit),
+            hub,
+            metrics: Arc::new(Metrics::default()),
+            park: Arc::new(park),
+        })
+    }
 }
 
 /// One route: method, path (axum syntax), minimum role (`None` = public).

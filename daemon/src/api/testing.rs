@@ -408,6 +408,7 @@ impl ApiBackend for TestBackend {
             Ok(((before, after), point))
         })();
         let r = r.map(|(pair, point)| {
+            self.hub.publish("alarm", &pair.1);
             if let Some(p) = point {
                 self.hub.publish("point", &p);
             }
@@ -448,6 +449,9 @@ impl ApiBackend for TestBackend {
             }
             Ok((before, p.clone()))
         })();
+        if let Ok((_, after)) = &r {
+            self.hub.publish("point", after);
+        }
         ready(r)
     }
 
@@ -525,6 +529,9 @@ impl ApiBackend for TestBackend {
             }
             Ok((before, after))
         })();
+        if let Ok((_, after)) = &r {
+            self.hub.publish("limits", after);
+        }
         ready(r)
     }
 
