@@ -1175,3 +1175,40 @@ async fn console_is_served_with_a_strict_content_security_policy() {
         "external URL in app.js"
     );
 }
+
+#[tokio::test]
+async fn cookies_are_secure_when_the_listener_has_tls() {
+    let app = app();
+    let users = app.dir.path().join("users.toml");
+    let settings = parkguard::auth::AuthSettings {
+        tls: true,
+        ..Default::default()
+    };
+    let mut state = app.state.clone();
+    state.auth = std::sync::Arc::new(
+        parkguard::auth::AuthService::from_file(&users, settings).expect("auth"),
+    );
+    let r = router(state);
+    let resp = send(
+        &r,
+        req(
+            Method::POST,
+            "/api/v1/session/login",
+            None,
+            Some(json!({"username": "oper", "password": "operator-pass-123"})),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK);
+    let cookies: Vec<&str> = resp
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().expect("ascii"))
+        .collect();
+    assert_eq!(cookies.len(), 2);
+    for c in cookies {
+        assert!(c.contains("; Secure"), "{c}");
+        assert!(c.contains("SameSite=Strict"), "{c}");
+    }
+}

@@ -387,7 +387,8 @@ pub struct ReadyCheck {
 /// caused it (a reading, a timer, an API command, a command from another channel) — so the
 /// hub has one writer per kind and the console one source of truth:
 /// `hub.publish("alarm", &AlarmView)` on every alarm state change,
-/// `hub.publish("point", &PointView)` on a point's state change (alarm, quality, service),
+/// `hub.publish_point_state(tag, &PointView, now)` on a point's state change (alarm,
+/// quality, service; unthrottled, supersedes a waiting value update),
 /// `hub.publish_point(tag, &PointView, now)` for new values (throttled per point),
 /// `hub.publish("warning", &WarningsView)` when a grade changes,
 /// `hub.publish("limits", &LimitsVersion)` when limits change. Drill engines publish

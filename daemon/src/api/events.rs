@@ -144,6 +144,21 @@ impl EventHub {
         }
     }
 
+    /// Publish a point's *state* change (alarm, quality, service) now, unthrottled. Any
+    /// throttled update of the same point still waiting is dropped: it is older than this
+    /// one and would otherwise overwrite the new state in the console.
+    pub fn publish_point_state(&self, tag: &str, data: &impl Serialize, now: Instant) -> u64 {
+        let text = serde_json::to_string(data)
+            .unwrap_or_else(|e| format!("{{\"error\":\"unserialisable event: {e}\"}}"));
+        let mut g = match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        g.pending.remove(tag);
+        g.last_point.insert(tag.to_string(), now);
+        self.push(&mut g, "point", text)
+    }
+
     /// Send the kept point updates whose interval has passed. [`EventHub::run_flusher`]
     /// calls it periodically.
     pub fn flush_points(&self, now: Instant) -> usize {
@@ -281,5 +296,27 @@ mod tests {
             vec!["1.0", "9.0", "3.0"],
             "latest value of GT-1 is delivered"
         );
+    }
+
+    #[test]
+    fn a_state_change_supersedes_a_waiting_value() {
+        let hub = EventHub::new(HubSettings::default(), 1);
+        let t0 = Instant::now();
+        let mut sub = hub.subscribe(None);
+        hub.publish_point("GT-1", &"v1 normal", t0);
+        assert!(
+            hub.publish_point("GT-1", &"v2 normal", t0 + Duration::from_millis(100))
+                .is_none()
+        );
+        hub.publish_point_state("GT-1", &"v3 alarm", t0 + Duration::from_millis(200));
+        assert_eq!(
+            hub.flush_points(t0 + Duration::from_secs(5)),
+            0,
+            "v2 was dropped"
+        );
+        let got: Vec<String> = std::iter::from_fn(|| sub.rx.try_recv().ok())
+            .map(|e| e.data.clone())
+            .collect();
+        assert_eq!(got, vec!["\"v1 normal\"", "\"v3 alarm\""]);
     }
 }

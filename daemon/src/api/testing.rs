@@ -173,7 +173,7 @@ impl TestBackend {
         if let Some(p) = point
             && drill.is_none()
         {
-            self.hub.publish("point", &p);
+            self.hub.publish_point_state(&p.tag, &p, Instant::now());
         }
         alarm.id
     }
@@ -410,7 +410,7 @@ impl ApiBackend for TestBackend {
         let r = r.map(|(pair, point)| {
             self.hub.publish("alarm", &pair.1);
             if let Some(p) = point {
-                self.hub.publish("point", &p);
+                self.hub.publish_point_state(&p.tag, &p, Instant::now());
             }
             pair
         });
@@ -450,7 +450,8 @@ impl ApiBackend for TestBackend {
             Ok((before, p.clone()))
         })();
         if let Ok((_, after)) = &r {
-            self.hub.publish("point", after);
+            self.hub
+                .publish_point_state(&after.tag, after, Instant::now());
         }
         ready(r)
     }
