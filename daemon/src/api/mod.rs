@@ -29,6 +29,7 @@ mod handlers;
 pub mod limits;
 pub mod metrics;
 pub mod testing;
+pub mod tls;
 
 pub use backend::ApiBackend;
 pub use error::ApiError;
