@@ -1212,3 +1212,64 @@ async fn cookies_are_secure_when_the_listener_has_tls() {
         assert!(c.contains("SameSite=Strict"), "{c}");
     }
 }
+
+#[tokio::test]
+async fn active_alarms_come_sorted_by_priority_then_newest() {
+    let app = app();
+    let r = app.router();
+    let s = login(&r, "view", "viewer-pass-123").await;
+    let low = app
+        .backend
+        .raise_alarm("E02-LT-401", "h", Priority::Low, 17.5, Some(17.0), None);
+    let high1 = app
+        .backend
+        .raise_alarm("E01-GT-101", "h", Priority::High, 0.4, Some(0.34), None);
+    let medium = app
+        .backend
+        .raise_alarm("E01-PT-201", "h", Priority::Medium, 1.1, Some(1.0), None);
+    std::thread::sleep(Duration::from_millis(5));
+    let high2 = app
+        .backend
+        .raise_alarm("E02-GT-302", "h", Priority::High, 8.0, Some(7.1), None);
+    let resp = send(
+        &r,
+        req(Method::GET, "/api/v1/alarms/active", Some(&s), None),
+    )
+    .await;
+    let ids: Vec<u64> = resp
+        .body
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|a| a["id"].as_u64().expect("id"))
+        .collect();
+    assert_eq!(ids, vec![high2, high1, medium, low]);
+    // Only the first alarm of the burst carries the first-alarm marker.
+    let first: Vec<bool> = resp
+        .body
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|a| a["first"] == true)
+        .collect();
+    assert_eq!(first, vec![false, false, false, true]);
+    // History filters.
+    let h = send(
+        &r,
+        req(
+            Method::GET,
+            "/api/v1/alarms/history?priority=high&enterprise=E02",
+            Some(&s),
+            None,
+        ),
+    )
+    .await;
+    let ids: Vec<u64> = h
+        .body
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|a| a["id"].as_u64().expect("id"))
+        .collect();
+    assert_eq!(ids, vec![high2]);
+}

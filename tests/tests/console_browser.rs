@@ -451,6 +451,33 @@ async fn flow(c: &Client, app: &TestApp, base: &str) -> Result<()> {
     .await?;
     shot(c, "08-audit").await?;
 
+    // KPIs as charts; unmapped data with counts.
+    click(c, "nav a[href='#/kpi']").await?;
+    wait_eq(
+        c,
+        "return document.querySelectorAll('#view svg.chart').length >= 2",
+        Value::Bool(true),
+        "KPI charts",
+    )
+    .await?;
+    shot(c, "09-kpi").await?;
+    backend.add_unmapped(parkguard::api::backend::UnmappedEntry {
+        source: "mqtt:park-broker".into(),
+        key: "park/E02/gds/GT-399".into(),
+        reason: "unknown_tag".into(),
+        count: 17,
+        last_ms: 1_764_000_000_000,
+        sample: "{\"v\": 3.1}".into(),
+    });
+    click(c, "nav a[href='#/unmapped']").await?;
+    wait_eq(
+        c,
+        "return document.querySelector('#view table td:nth-child(2)')?.textContent ?? null",
+        "park/E02/gds/GT-399".into(),
+        "unmapped row",
+    )
+    .await?;
+
     // English.
     click(c, "header .lang-btn").await?;
     wait_eq(
@@ -460,7 +487,7 @@ async fn flow(c: &Client, app: &TestApp, base: &str) -> Result<()> {
         "English",
     )
     .await?;
-    shot(c, "09-audit-en").await?;
+    shot(c, "10-unmapped-en").await?;
     let _ = app;
     Ok(())
 }

@@ -446,7 +446,9 @@ pub trait ApiBackend: Send + Sync + 'static {
         reason: String,
         by: Actor,
     ) -> BoxFut<'_, Result<(LimitsVersion, LimitsVersion), BackendError>>;
-    /// Alarm KPIs (alarms per 10 min, floods, chattering, top-10, priority mix) as JSON.
+    /// Alarm KPIs as JSON. The console reads: `alarms_per_10min: [{t: ms, n}]`,
+    /// `floods: n`, `chattering: [..]` (length shown), `top10: [{point, count}]`,
+    /// `priority_mix: {high, medium, low}`; other keys are passed through.
     fn kpis(&self) -> BoxFut<'_, Result<serde_json::Value, BackendError>>;
     /// Readiness: drivers connected, engine running, spool writable.
     fn readiness(&self) -> BoxFut<'_, Vec<ReadyCheck>>;
