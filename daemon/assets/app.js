@@ -8,7 +8,7 @@ const I18N = {
     product: '园区安全监测', username: '用户名', password: '密码', login: '登录', logout: '退出',
     lang_other: 'English', bad_login: '用户名或密码错误', rate_limited: '失败次数过多，请稍后再试',
     nav_alarms: '报警', nav_map: '地图', nav_kpi: '指标', nav_limits: '阈值', nav_audit: '审计',
-    nav_unmapped: '未映射数据', nav_drill: '演练', silence: '消音', silenced: '已消音',
+    nav_unmapped: '未映射数据', nav_drill: '演练', silence: '消音', silenced: '已消音', enable_sound: '开启声音',
     disconnected: '实时连接中断，正在重连…', drill_note: '演练报警，非真实报警',
     active_alarms: '当前报警', no_alarms: '无报警', time: '时间', priority: '优先级', enterprise: '企业',
     point: '位号', name: '名称', condition: '类型', value: '数值', limit: '限值', state: '状态', actions: '操作',
@@ -40,7 +40,7 @@ const I18N = {
     product: 'Park Safety Monitoring', username: 'Username', password: 'Password', login: 'Log in', logout: 'Log out',
     lang_other: '中文', bad_login: 'Wrong username or password', rate_limited: 'Too many failed logins; try later',
     nav_alarms: 'Alarms', nav_map: 'Map', nav_kpi: 'KPIs', nav_limits: 'Limits', nav_audit: 'Audit',
-    nav_unmapped: 'Unmapped data', nav_drill: 'Drill', silence: 'Silence', silenced: 'Silenced',
+    nav_unmapped: 'Unmapped data', nav_drill: 'Drill', silence: 'Silence', silenced: 'Silenced', enable_sound: 'Enable sound',
     disconnected: 'Live connection lost, reconnecting…', drill_note: 'drill alarms, not real',
     active_alarms: 'Active alarms', no_alarms: 'No alarms', time: 'Time', priority: 'Priority', enterprise: 'Enterprise',
     point: 'Tag', name: 'Name', condition: 'Condition', value: 'Value', limit: 'Limit', state: 'State', actions: 'Actions',
@@ -160,7 +160,17 @@ function connectEvents() {
   const es = new EventSource('/api/v1/events');
   S.es = es;
   es.addEventListener('open', () => { $('#conn').hidden = true; });
-  es.addEventListener('error', () => { $('#conn').hidden = false; });
+  es.addEventListener('error', () => {
+    $('#conn').hidden = false;
+    // The browser retries by itself unless the server refused (e.g. 401 after a restart):
+    // then check the session (a 401 shows the login page) and start over from a snapshot.
+    if (es.readyState === EventSource.CLOSED) {
+      setTimeout(async () => {
+        if (S.es !== es || !S.me) return;
+        try { await api('GET', '/api/v1/session'); await loadSnapshot(); renderBanner(); connectEvents(); render(); } catch (_) { /* login page shown */ }
+      }, 2000);
+    }
+  });
   es.addEventListener('alarm', (e) => {
     const a = JSON.parse(e.data);
     const known = S.alarms.get(a.id);
@@ -218,7 +228,10 @@ function updateSilence() {
   const sounding = unack && !S.silenced && S.me;
   const btn = $('#silence');
   btn.classList.toggle('armed', !!sounding);
-  btn.textContent = S.silenced && unack ? t('silenced') : t('silence');
+  // Browsers keep audio off until the user interacts with the page (e.g. after a reload).
+  const muted = sounding && (!S.audio || S.audio.state !== 'running');
+  btn.dataset.muted = muted ? '1' : '0';
+  btn.textContent = muted ? t('enable_sound') : S.silenced && unack ? t('silenced') : t('silence');
   btn.dataset.sounding = sounding ? '1' : '0';
   if (sounding && !S.beepTimer) { beep(); S.beepTimer = setInterval(beep, 1000); }
   if (!sounding) stopBeep();
@@ -588,7 +601,12 @@ document.addEventListener('DOMContentLoaded', async () => {
   $('#login-form').addEventListener('submit', doLogin);
   $('#logout').addEventListener('click', doLogout);
   document.querySelectorAll('.lang-btn').forEach((b) => b.addEventListener('click', toggleLang));
-  $('#silence').addEventListener('click', () => { S.silenced = true; updateSilence(); });
+  $('#silence').addEventListener('click', () => {
+    const btn = $('#silence');
+    if (btn.dataset.muted === '1') { ensureAudio(); setTimeout(updateSilence, 200); return; }
+    S.silenced = true;
+    updateSilence();
+  });
   $('#dlg-form').addEventListener('submit', submitDialog);
   $('#dlg-cancel').addEventListener('click', () => $('#dlg').close());
   $('#view').addEventListener('click', (ev) => {

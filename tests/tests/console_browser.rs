@@ -262,6 +262,15 @@ async fn flow(c: &Client, app: &TestApp, base: &str) -> Result<()> {
         .await?,
         "1"
     );
+    // The horn is really playing (WebAudio running, not blocked by the autoplay policy).
+    assert_eq!(
+        js(c, "return S.audio ? S.audio.state : null").await?,
+        "running"
+    );
+    assert_eq!(
+        js(c, "return document.querySelector('#silence').dataset.muted").await?,
+        "0"
+    );
     // A warning grade reaches the banner.
     backend.set_warning("E01", Grade::Orange, "液氯储罐区二级报警");
     wait_eq(

@@ -79,8 +79,9 @@ pub struct EventHub {
 }
 
 impl EventHub {
-    /// A hub whose ids start after `first_id - 1` (persist the last id across restarts
-    /// to keep ids increasing; a client with a higher id than any known gets `reset`).
+    /// A hub whose first event gets id `first_id`. Start it at the Unix time in
+    /// milliseconds (×1000 if needed) so ids keep increasing across restarts: a client
+    /// resuming with an id from the previous process then gets `reset` and reloads.
     pub fn new(settings: HubSettings, first_id: u64) -> Self {
         let (tx, _) = broadcast::channel(settings.capacity.max(16));
         Self {
