@@ -130,6 +130,9 @@ fn valid_body(method: &Method, path: &str) -> Option<Value> {
     Some(match path {
         "/api/v1/session/login" => json!({"username": "view", "password": "viewer-pass-123"}),
         "/api/v1/session/logout" => return None,
+        "/api/v1/users" => {
+            json!({"username": "tmp.user", "display_name": "临时", "role": "viewer", "password": "temporary-pass-123"})
+        }
         p if p.ends_with("/ack") => json!({"comment": "已通知现场"}),
         p if p.ends_with("/shelve") => json!({"duration_s": 600, "reason": "检修"}),
         p if p.ends_with("/unshelve") => json!({"reason": "检修完成"}),
@@ -150,6 +153,7 @@ fn concrete(path: &str, alarm: u64) -> String {
     path.replace("{tag}", "E01-GT-101")
         .replace("{id}", &alarm.to_string())
         .replace("{name}", "app.js")
+        .replace("{username}", "tmp.user")
 }
 
 #[tokio::test]
@@ -222,6 +226,20 @@ async fn every_endpoint_answers_each_role_as_declared() {
                         &format!("/api/v1/alarms/{alarm}/shelve"),
                         Some(eng),
                         valid_body(&Method::POST, "/shelve"),
+                    ),
+                )
+                .await;
+                assert_eq!(s.status, StatusCode::OK, "{}", s.text);
+            }
+            if spec.path.ends_with("{username}") {
+                let adm = &sessions[3].1;
+                let s = send(
+                    &r,
+                    req(
+                        Method::POST,
+                        "/api/v1/users",
+                        Some(adm),
+                        valid_body(&Method::POST, "/api/v1/users"),
                     ),
                 )
                 .await;
@@ -1272,4 +1290,108 @@ async fn active_alarms_come_sorted_by_priority_then_newest() {
         .map(|a| a["id"].as_u64().expect("id"))
         .collect();
     assert_eq!(ids, vec![high2]);
+}
+
+#[tokio::test]
+async fn admins_manage_users_and_changes_apply_at_once() {
+    let app = app();
+    let r = app.router();
+    let adm = login(&r, "adm", "admin-pass-123").await;
+    let oper = login(&r, "oper", "operator-pass-123").await;
+    let id = app
+        .backend
+        .raise_alarm("E01-GT-101", "h", Priority::High, 0.5, Some(0.34), None);
+    // Demote the operator: their open session loses the right at once.
+    let resp = send(
+        &r,
+        req(
+            Method::POST,
+            "/api/v1/users",
+            Some(&adm),
+            Some(json!({"username": "oper", "role": "viewer", "password": "operator-pass-123"})),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+    let resp = send(
+        &r,
+        req(
+            Method::POST,
+            &format!("/api/v1/alarms/{id}/ack"),
+            Some(&oper),
+            Some(json!({})),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::FORBIDDEN, "{}", resp.text);
+    // Weak passwords are refused.
+    let resp = send(
+        &r,
+        req(
+            Method::POST,
+            "/api/v1/users",
+            Some(&adm),
+            Some(json!({"username": "li", "role": "operator", "password": "123456"})),
+        ),
+    )
+    .await;
+    assert_eq!(
+        resp.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        resp.text
+    );
+    // A new user can log in; a removed one is logged out and cannot log in again.
+    let resp = send(&r, req(Method::POST, "/api/v1/users", Some(&adm), Some(json!({"username": "li.ming", "display_name": "李明", "role": "operator", "password": "li-ming-pass-42"})))).await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+    let li = login(&r, "li.ming", "li-ming-pass-42").await;
+    let resp = send(
+        &r,
+        req(Method::DELETE, "/api/v1/users/li.ming", Some(&adm), None),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text);
+    let resp = send(&r, req(Method::GET, "/api/v1/points", Some(&li), None)).await;
+    assert_eq!(resp.status, StatusCode::UNAUTHORIZED);
+    let resp = send(
+        &r,
+        req(
+            Method::POST,
+            "/api/v1/session/login",
+            None,
+            Some(json!({"username": "li.ming", "password": "li-ming-pass-42"})),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::UNAUTHORIZED);
+    // Admins cannot lock themselves out.
+    let resp = send(
+        &r,
+        req(Method::DELETE, "/api/v1/users/adm", Some(&adm), None),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::CONFLICT);
+    let resp = send(
+        &r,
+        req(Method::DELETE, "/api/v1/users/nobody", Some(&adm), None),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::NOT_FOUND);
+    // The users file holds the change (survives a restart) and the audit log says who did it.
+    let file = parkguard::auth::read_users_file(&app.dir.path().join("users.toml")).expect("users");
+    assert_eq!(
+        file.user
+            .iter()
+            .find(|u| u.username == "oper")
+            .map(|u| u.role),
+        Some(Role::Viewer)
+    );
+    assert!(file.user.iter().all(|u| u.username != "li.ming"));
+    let entries = app.state.audit.list(50, None).expect("audit");
+    let actions: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.action.starts_with("user."))
+        .map(|e| e.action.as_str())
+        .collect();
+    assert_eq!(actions, vec!["user.remove", "user.add", "user.update"]);
 }

@@ -819,6 +819,99 @@ pub(super) async fn users(State(st): State<AppState>) -> Json<Value> {
     Json(Value::Array(v))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UserBody {
+    username: String,
+    #[serde(default)]
+    display_name: String,
+    role: crate::auth::Role,
+    password: String,
+}
+
+pub(super) async fn user_upsert(
+    State(st): State<AppState>,
+    axum::Extension(p): axum::Extension<Principal>,
+    ext: Extensions,
+    Body(b): Body<UserBody>,
+) -> Result<Json<Value>, ApiError> {
+    if b.username == p.username && b.role < p.role {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "you cannot lower your own role; ask another admin",
+        ));
+    }
+    let auth = st.auth.clone();
+    let (name, display, role, pw) = (
+        b.username.clone(),
+        b.display_name.clone(),
+        b.role,
+        b.password,
+    );
+    let before = tokio::task::spawn_blocking(move || auth.upsert_user(&name, &display, role, &pw))
+        .await
+        .map_err(|e| ApiError::internal("user task", e))?
+        .map_err(|e| match e {
+            crate::auth::AuthError::Invalid(m) => {
+                ApiError::invalid(vec![FieldError::new("password", m)])
+            }
+            e => ApiError::internal("users file", e),
+        })?;
+    audit(
+        &st,
+        &p,
+        &ext,
+        if before.is_some() {
+            "user.update"
+        } else {
+            "user.add"
+        },
+        &b.username,
+        json!({"role": before}),
+        json!({"role": b.role}),
+        "",
+    )
+    .await?;
+    Ok(Json(json!({"username": b.username, "role": b.role})))
+}
+
+pub(super) async fn user_remove(
+    State(st): State<AppState>,
+    axum::Extension(p): axum::Extension<Principal>,
+    ext: Extensions,
+    P(username): P<String>,
+) -> Result<Json<Value>, ApiError> {
+    if username == p.username {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "you cannot remove yourself; ask another admin",
+        ));
+    }
+    let auth = st.auth.clone();
+    let name = username.clone();
+    let role = tokio::task::spawn_blocking(move || auth.remove_user(&name))
+        .await
+        .map_err(|e| ApiError::internal("user task", e))?
+        .map_err(|e| match e {
+            crate::auth::AuthError::Invalid(m) => ApiError::not_found(m),
+            e => ApiError::internal("users file", e),
+        })?;
+    audit(
+        &st,
+        &p,
+        &ext,
+        "user.remove",
+        &username,
+        json!({"role": role}),
+        Value::Null,
+        "",
+    )
+    .await?;
+    Ok(Json(json!({"removed": username})))
+}
+
 // ---------------------------------------------------------------- live events
 
 #[derive(Deserialize)]

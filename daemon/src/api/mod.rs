@@ -43,7 +43,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post, put};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use parkguard_rules::{Enterprise, GeoPoint, PointTable};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -268,6 +268,13 @@ pub fn route_table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         r(Method::GET, "/api/v1/audit/verify", e, get(h::audit_verify)),
         // users
         r(Method::GET, "/api/v1/users", a, get(h::users)),
+        r(Method::POST, "/api/v1/users", a, post(h::user_upsert)),
+        r(
+            Method::DELETE,
+            "/api/v1/users/{username}",
+            a,
+            delete(h::user_remove),
+        ),
         // live events
         r(Method::GET, "/api/v1/events", v, get(h::events)),
     ];

@@ -18,7 +18,7 @@ pub mod users;
 
 pub use users::{
     DEFAULT_PASSWORDS, UserEntry, UsersFile, add_token, add_user, add_user_with, check_users_file,
-    hash_password, random_token, read_users_file, sha256_hex, verify_password,
+    hash_password, random_token, read_users_file, remove_user, sha256_hex, verify_password,
 };
 
 use schemars::JsonSchema;
@@ -227,11 +227,34 @@ pub struct LoginOk {
     pub csrf: String,
 }
 
-/// The running authenticator (users, tokens, sessions, rate limits).
-pub struct AuthService {
+#[derive(Default)]
+struct Directory {
     users: HashMap<String, UserEntry>,
     /// sha256(token) → (username, token name)
     tokens: HashMap<String, (String, String)>,
+}
+
+impl Directory {
+    fn new(file: UsersFile) -> Self {
+        let mut d = Directory::default();
+        for u in file.user {
+            for t in &u.token {
+                d.tokens.insert(
+                    t.sha256.to_ascii_lowercase(),
+                    (u.username.clone(), t.name.clone()),
+                );
+            }
+            d.users.insert(u.username.clone(), u);
+        }
+        d
+    }
+}
+
+/// The running authenticator (users, tokens, sessions, rate limits).
+pub struct AuthService {
+    dir: std::sync::RwLock<Directory>,
+    /// The users file, when loaded from one (admins change users through it).
+    file: Option<std::path::PathBuf>,
     sessions: Mutex<HashMap<String, Session>>,
     by_ip: Mutex<RateLimit>,
     by_user: Mutex<RateLimit>,
@@ -245,25 +268,16 @@ pub struct AuthService {
 impl AuthService {
     /// Build from a users file.
     pub fn from_file(path: &Path, settings: AuthSettings) -> Result<Self, AuthError> {
-        Self::new(read_users_file(path)?, settings)
+        let mut svc = Self::new(read_users_file(path)?, settings)?;
+        svc.file = Some(path.to_path_buf());
+        Ok(svc)
     }
 
     /// Build from parsed users.
     pub fn new(file: UsersFile, settings: AuthSettings) -> Result<Self, AuthError> {
-        let mut users = HashMap::new();
-        let mut tokens = HashMap::new();
-        for u in file.user {
-            for t in &u.token {
-                tokens.insert(
-                    t.sha256.to_ascii_lowercase(),
-                    (u.username.clone(), t.name.clone()),
-                );
-            }
-            users.insert(u.username.clone(), u);
-        }
         Ok(Self {
-            users,
-            tokens,
+            dir: std::sync::RwLock::new(Directory::new(file)),
+            file: None,
             sessions: Mutex::new(HashMap::new()),
             by_ip: Mutex::new(RateLimit::new(
                 settings.max_failures_per_ip,
@@ -278,11 +292,64 @@ impl AuthService {
         })
     }
 
+    fn read_dir(&self) -> std::sync::RwLockReadGuard<'_, Directory> {
+        match self.dir.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
     /// Every user (for the admin's list).
-    pub fn users(&self) -> Vec<&UserEntry> {
-        let mut v: Vec<_> = self.users.values().collect();
+    pub fn users(&self) -> Vec<UserEntry> {
+        let mut v: Vec<UserEntry> = self.read_dir().users.values().cloned().collect();
         v.sort_by(|a, b| a.username.cmp(&b.username));
         v
+    }
+
+    fn reload(&self) -> Result<(), AuthError> {
+        let path = self
+            .file
+            .as_ref()
+            .ok_or_else(|| AuthError::Invalid("users are not from a file".into()))?;
+        let d = Directory::new(read_users_file(path)?);
+        match self.dir.write() {
+            Ok(mut g) => *g = d,
+            Err(p) => *p.into_inner() = d,
+        }
+        Ok(())
+    }
+
+    /// Add a user or replace one's role, display name and password, in the users file and
+    /// at once in this service; returns the previous role. Blocking (argon2, file).
+    pub fn upsert_user(
+        &self,
+        username: &str,
+        display_name: &str,
+        role: Role,
+        password: &str,
+    ) -> Result<Option<Role>, AuthError> {
+        let path = self
+            .file
+            .clone()
+            .ok_or_else(|| AuthError::Invalid("users are not from a file".into()))?;
+        let before = self.read_dir().users.get(username).map(|u| u.role);
+        add_user_with(&path, username, display_name, role, password, false)?;
+        self.reload()?;
+        Ok(before)
+    }
+
+    /// Remove a user from the users file and end their sessions; returns their role.
+    pub fn remove_user(&self, username: &str) -> Result<Role, AuthError> {
+        let path = self
+            .file
+            .clone()
+            .ok_or_else(|| AuthError::Invalid("users are not from a file".into()))?;
+        let removed = users::remove_user(&path, username)?;
+        self.reload()?;
+        if let Ok(mut s) = self.sessions.lock() {
+            s.retain(|_, v| v.username != username);
+        }
+        Ok(removed.role)
     }
 
     /// Check a password login. Blocking (argon2): call from `spawn_blocking`.
@@ -305,7 +372,8 @@ impl AuthService {
                 return Err(LoginError::RateLimited(d));
             }
         }
-        let user = self.users.get(username);
+        let user = self.read_dir().users.get(username).cloned();
+        let user = user.as_ref();
         let ok = match user {
             Some(u) if !u.password_hash.is_empty() => verify_password(&u.password_hash, password),
             _ => {
@@ -365,11 +433,17 @@ impl AuthService {
             s.remove(&key);
             return None;
         }
+        // The role is the user's current one: a demotion or removal takes effect at once.
+        let Some(role) = self.read_dir().users.get(&sess.username).map(|u| u.role) else {
+            s.remove(&key);
+            return None;
+        };
         sess.last_seen = now;
+        sess.role = role;
         Some(Principal {
             username: sess.username.clone(),
             display_name: sess.display_name.clone(),
-            role: sess.role,
+            role,
             via: "session".into(),
             csrf: Some(sess.csrf.clone()),
         })
@@ -384,8 +458,9 @@ impl AuthService {
 
     /// The principal of a bearer token.
     pub fn bearer(&self, token: &str) -> Option<Principal> {
-        let (username, name) = self.tokens.get(&sha256_hex(token))?;
-        let u = self.users.get(username)?;
+        let dir = self.read_dir();
+        let (username, name) = dir.tokens.get(&sha256_hex(token))?;
+        let u = dir.users.get(username)?;
         Some(Principal {
             username: u.username.clone(),
             display_name: display(u),

@@ -224,6 +224,19 @@ pub fn add_user_with(
     write_users_file(file, &users)
 }
 
+/// Remove `username` from `file`; returns the removed entry.
+pub fn remove_user(file: &Path, username: &str) -> Result<UserEntry, AuthError> {
+    let mut users = read_users_file(file)?;
+    let i = users
+        .user
+        .iter()
+        .position(|u| u.username == username)
+        .ok_or_else(|| AuthError::Invalid(format!("no user `{username}`")))?;
+    let removed = users.user.remove(i);
+    write_users_file(file, &users)?;
+    Ok(removed)
+}
+
 /// Create a bearer token for `username` in `file`; returns the token (shown once, only its
 /// hash is stored).
 pub fn add_token(file: &Path, username: &str, name: &str) -> Result<String, AuthError> {
