@@ -13,13 +13,21 @@
 //!
 //! Wiring (the daemon's `run`):
 //! ```text
-//! let hub = Arc::new(EventHub::new(HubSettings::default(), first_id));
+//! let hub = Arc::new(EventHub::new(HubSettings::default(), unix_ms));
 //! tokio::spawn(hub.clone().run_flusher(shutdown.clone()));
-//! // engine task gets `hub`; its handles implement ApiBackend
-//! let state = AppState::new(backend, hub, ParkInfo::from_config(&cfg),
+//! let metrics = Arc::new(Metrics::default()); // shared with drivers and engine
+//! // the engine task gets `hub` and `metrics`; its handles implement ApiBackend
+//! let state = AppState::new(backend, hub, metrics, ParkInfo::from_config(&cfg),
 //!                           &users_file, &cfg.data.dir.join("audit.db"), tls)?;
-//! api::serve(TcpListener::bind(&cfg.api.listen).await?, api::router(state), shutdown).await?;
+//! let listener = TcpListener::bind(&cfg.api.listen).await?;
+//! match tls_files {
+//!     None => api::serve(listener, api::router(state), shutdown).await?,
+//!     Some((cert, key)) => api::tls::serve_tls(listener, api::router(state),
+//!                                              api::tls::acceptor(&cert, &key)?, shutdown).await,
+//! }
 //! ```
+//! `parkguard user add` calls [`crate::auth::add_user`]; `check-config` calls
+//! [`crate::auth::check_users_file`] with `park.production`.
 
 pub mod backend;
 pub mod console;
@@ -106,10 +114,12 @@ pub struct AppState {
 impl AppState {
     /// Everything the API needs, for `run`: users from `users_file` (refused when missing
     /// or invalid), the audit log at `audit_db` (created), the `hub` the engine publishes
-    /// into, and the engine's `backend`. `tls` marks cookies `Secure`.
+    /// into, the engine's `backend`, and the metrics registry the drivers and engine count
+    /// into (served on `/metrics`). `tls` marks cookies `Secure`.
     pub fn new(
         backend: Arc<dyn ApiBackend>,
         hub: Arc<EventHub>,
+        metrics: Arc<Metrics>,
         park: ParkInfo,
         users_file: &std::path::Path,
         audit_db: &std::path::Path,
@@ -129,7 +139,7 @@ impl AppState {
             auth: Arc::new(auth),
             audit: Arc::new(audit),
             hub,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             park: Arc::new(park),
         })
     }
