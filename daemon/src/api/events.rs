@@ -31,6 +31,9 @@ pub struct Event {
     pub kind: String,
     /// JSON data.
     pub data: String,
+    /// The event as sent on the wire (`id:`, `event:`, `data:` lines), formatted once at
+    /// publication and shared by every client.
+    pub wire: axum::body::Bytes,
 }
 
 /// Hub settings.
@@ -99,10 +102,13 @@ impl EventHub {
     fn push(&self, g: &mut Inner, kind: &str, data: String) -> u64 {
         let id = g.next_id;
         g.next_id += 1;
+        // JSON text never holds a raw newline, so one `data:` line carries it.
+        let wire = format!("id: {id}\nevent: {kind}\ndata: {data}\n\n").into();
         let ev = Arc::new(Event {
             id,
             kind: kind.to_string(),
             data,
+            wire,
         });
         if g.ring.len() >= self.settings.ring.max(1) {
             g.ring.pop_front();
