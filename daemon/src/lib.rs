@@ -4,6 +4,9 @@
 //! durable store, the HTTP API and console, drills and replay, telemetry, signals.
 //! `main.rs` is a thin CLI over this library so that tests can drive the same code.
 
+pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
