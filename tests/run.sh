@@ -23,6 +23,9 @@ have victoria-metrics || need_pkgs+=(victoria-metrics)
 have chromium || need_pkgs+=(chromium)
 have chromedriver || need_pkgs+=(chromium-driver)
 have openssl || need_pkgs+=(openssl)
+have curl || need_pkgs+=(curl)
+# A CJK font, or Chinese text renders as empty boxes in the console screenshots.
+[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need_pkgs+=(fonts-wqy-microhei)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   say "installing Debian packages: ${need_pkgs[*]}"
