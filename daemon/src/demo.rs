@@ -24,7 +24,11 @@ pub fn run(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result<()> {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .context("cannot reserve a local port for the Modbus simulator")?;
-    let text = DEMO_CONFIG.replace("port = 15502", &format!("port = {sim_port}"));
+    let mqtt_port = parkguard_drivers::mqtt::broker::reserve_port()
+        .map_err(|e| anyhow::anyhow!("cannot reserve a local port for the MQTT broker: {e}"))?;
+    let text = DEMO_CONFIG
+        .replace("port = 15502", &format!("port = {sim_port}"))
+        .replace("port = 11883", &format!("port = {mqtt_port}"));
     let mut cfg = crate::config::load_str("demo.toml (embedded)", &text).map_err(|e| {
         anyhow::anyhow!(
             "embedded demo config is invalid (a build defect): {}",
@@ -40,6 +44,8 @@ pub fn run(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result<()> {
         cfg,
         crate::run::Extras {
             modbus_sim: Some(std::net::SocketAddr::from(([127, 0, 0, 1], sim_port))),
+            embedded_broker: Some(std::net::SocketAddr::from(([127, 0, 0, 1], mqtt_port))),
+            mqtt_sim: true,
         },
     )
 }

@@ -29,6 +29,11 @@ pub fn run_file(path: &Path) -> Result<()> {
 pub struct Extras {
     /// Serve the Modbus simulator (the demo devices) here before the pollers start.
     pub modbus_sim: Option<std::net::SocketAddr>,
+    /// Start the embedded MQTT broker (rumqttd) here before the subscribers.
+    pub embedded_broker: Option<std::net::SocketAddr>,
+    /// Publish simulated readings of every point without a Modbus device to the first
+    /// MQTT broker of the config.
+    pub mqtt_sim: bool,
 }
 
 /// Run a validated config until SIGTERM/SIGINT.
@@ -59,6 +64,42 @@ pub fn run_config_with(cfg: ParkConfig, extras: Extras) -> Result<()> {
             ),
             None => None,
         };
+        let _broker = match extras.embedded_broker {
+            Some(addr) => Some(
+                tokio::task::spawn_blocking(move || {
+                    parkguard_drivers::mqtt::broker::start_embedded(addr)
+                })
+                .await
+                .context("embedded broker task")?
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot start the embedded MQTT broker on {addr}: {e}")
+                })?,
+            ),
+            None => None,
+        };
+        if extras.mqtt_sim
+            && let Some(broker) = cfg.mqtt_brokers.first().cloned()
+        {
+            {
+                let points: Vec<_> = cfg
+                    .table
+                    .points()
+                    .iter()
+                    .filter(|p| p.device.is_none())
+                    .map(parkguard_drivers::mqtt::sim::SimPoint::for_point)
+                    .collect();
+                let stop = shutdown.clone();
+                tokio::spawn(async move {
+                    let opts = parkguard_drivers::mqtt::sim::SimOptions::default();
+                    if let Err(e) =
+                        parkguard_drivers::mqtt::sim::run_simulator(&broker, points, opts, stop)
+                            .await
+                    {
+                        tracing::error!(error = %e, "MQTT simulator stopped");
+                    }
+                });
+            }
+        }
         let running = crate::topology::start(&cfg, shutdown.clone()).await?;
         info!(summary = %cfg.summary(), data_dir = %cfg.data.dir.display(), "parkguard started");
         wait_for_signal(shutdown.clone()).await;

@@ -15,15 +15,23 @@
 
 use crate::config::ParkConfig;
 use crate::engine_task::{self, EngineHandle, EngineTaskConfig};
-use anyhow::Result;
+use crate::store::journal::{Journal, JournalRecord, RecordKind};
+use crate::store::spool::{Spool, SpoolStats};
+use anyhow::{Context, Result};
+use parkguard_drivers::influx::{InfluxStats, InfluxWriter};
 use parkguard_drivers::modbus::{self, ModbusMetrics};
-use parkguard_rules::Reading;
+use parkguard_drivers::mqtt::{self, MqttStats};
+use parkguard_rules::alarm::{EventKind, SourceKind};
 use parkguard_rules::engine::{Engine, Event};
+use parkguard_rules::warning::WarningScope;
+use parkguard_rules::{PointTable, Reading};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 /// Capacity of the readings channel, in batches (one batch = one Modbus poll or one MQTT
 /// message).
@@ -37,9 +45,20 @@ pub struct Running {
     pub readings: mpsc::Sender<Vec<Reading>>,
     /// Modbus counters per device.
     pub modbus: Arc<ModbusMetrics>,
+    /// MQTT counters per broker.
+    pub mqtt: Vec<Arc<MqttStats>>,
+    /// Spool counters.
+    pub spool: Arc<SpoolStats>,
+    /// InfluxDB writer counters, when `[influx]` is configured.
+    pub influx: Option<Arc<InfluxStats>>,
+    /// The alarm journal file.
+    pub journal_path: PathBuf,
+    /// The spool / local archive directory.
+    pub spool_dir: PathBuf,
     /// Cancel to stop every task.
     pub shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
     engine_join: Option<JoinHandle<Engine>>,
 }
 
@@ -52,23 +71,119 @@ impl Running {
         }
         drop(self.readings);
         if let Some(j) = self.engine_join.take() {
-            // The engine ends when every readings sender is gone.
+            // The engine ends when every readings sender is gone (the recorder thread holds
+            // the last one and ends when the sources' senders are gone).
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), j).await;
         }
+        // The recorder and journal threads end when their channels close; the writer
+        // thread on cancellation.
+        let threads = std::mem::take(&mut self.threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
     }
 }
 
 /// Start every task of `cfg`. Must run inside a tokio runtime.
+///
+/// Order: open the journal and rebuild the engine's alarm states from it (so a restart
+/// neither forgets an unacknowledged alarm nor re-announces an acknowledged one), open the
+/// spool, start the engine, the journal writer, the recorder, the InfluxDB writer, and only
+/// then the sources.
 pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Running> {
-    let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(READINGS_CAPACITY);
-    let engine = Engine::new(
+    let data = &cfg.data.dir;
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("cannot create data dir {}", data.display()))?;
+
+    // Journal and restore.
+    let journal_path = data.join("journal.sqlite");
+    let journal = Journal::open(&journal_path)
+        .with_context(|| format!("cannot open the alarm journal {}", journal_path.display()))?;
+    let mut engine = Engine::new(
         Arc::clone(&cfg.table),
         cfg.engine.clone(),
         cfg.vote_groups.clone(),
     );
-    let (handle, engine_join) =
-        engine_task::spawn(engine, readings_rx, None, EngineTaskConfig::default());
+    let latest = journal
+        .latest_per_alarm()
+        .context("cannot read the alarm journal")?;
+    let restore: Vec<Event> = latest
+        .iter()
+        .filter(|r| r.drill.is_none())
+        .filter_map(|r| match serde_json::from_value::<Event>(r.payload.clone()) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                warn!(id = r.id, error = %e, "journal record is not an engine event; skipped in restore");
+                None
+            }
+        })
+        .collect();
+    let report = engine.restore(&restore);
+    let next_id = journal.max_id().context("cannot read the alarm journal")? + 1;
+    engine.set_next_event_id(next_id);
+    info!(restored = restore.len(), next_event_id = next_id, report = ?report, "alarm states rebuilt from the journal");
 
+    // Spool (and its reader for the InfluxDB writer, taken before the spool moves).
+    let spool_dir = data.join("spool");
+    let spool = Spool::open(&spool_dir, cfg.spool.clone())
+        .with_context(|| format!("cannot open the spool {}", spool_dir.display()))?;
+    let spool_stats = spool.stats();
+    let mut threads = Vec::new();
+    let mut influx_stats = None;
+    if let Some(settings) = &cfg.influx {
+        let writer = InfluxWriter::new(settings.clone(), data.join("influx-dead-letter.lp"))
+            .map_err(|e| anyhow::anyhow!("cannot start the InfluxDB writer: {e}"))?;
+        influx_stats = Some(writer.stats());
+        let reader = spool
+            .writer_reader(&cfg.park.id)
+            .context("cannot open the spool for the InfluxDB writer")?;
+        let cancel = shutdown.clone();
+        // The reader does small blocking file reads: the writer gets a current-thread
+        // runtime on a thread of its own.
+        threads.push(
+            std::thread::Builder::new()
+                .name("influx-writer".into())
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => {
+                            rt.block_on(writer.run(reader, cancel).instrument(info_span!("influx")))
+                        }
+                        Err(e) => error!(error = %e, "cannot start the InfluxDB writer runtime"),
+                    }
+                })
+                .context("cannot spawn the InfluxDB writer thread")?,
+        );
+    }
+
+    // Engine task with its journal.
+    // Journal channel: bounded, lossless — the engine waits when it is full (an event that
+    // is not journalled must not be announced).
+    let (journal_tx, journal_rx) = mpsc::channel::<Vec<Event>>(1024);
+    threads.push(spawn_journal_writer(journal, journal_rx)?);
+    let (engine_tx, engine_rx) = mpsc::channel::<Vec<Reading>>(READINGS_CAPACITY);
+    let (handle, engine_join) = engine_task::spawn(
+        engine,
+        engine_rx,
+        Some(journal_tx),
+        EngineTaskConfig::default(),
+    );
+
+    // Recorder: sources → engine, then → spool (alarm latency never waits on the disk).
+    let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(READINGS_CAPACITY);
+    threads.push(spawn_recorder(
+        spool,
+        Arc::clone(&cfg.table),
+        readings_rx,
+        engine_tx,
+    )?);
+
+    // Sources.
     let mut tasks = Vec::new();
     let metrics = Arc::new(ModbusMetrics::new(&cfg.modbus_plan));
     tasks.extend(modbus::spawn(
@@ -77,20 +192,149 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
         Arc::clone(&metrics),
         shutdown.clone(),
     ));
+    let mut mqtt_stats = Vec::new();
+    for broker in &cfg.mqtt_brokers {
+        let stats = Arc::new(MqttStats::default());
+        let task = mqtt::spawn_subscriber(
+            broker.clone(),
+            cfg.mqtt_subscriptions.clone(),
+            Arc::clone(&cfg.table),
+            readings_tx.clone(),
+            Arc::clone(&stats),
+            shutdown.clone(),
+        )
+        .with_context(|| format!("cannot start the MQTT subscriber of broker `{}`", broker.id))?;
+        tasks.push(task);
+        mqtt_stats.push(stats);
+    }
     tasks.push(spawn_event_log(handle.events.subscribe(), shutdown.clone()));
     info!(
         points = cfg.table.len(),
         modbus_lines = cfg.modbus_plan.lines.len(),
+        mqtt_brokers = cfg.mqtt_brokers.len(),
+        influx = cfg.influx.is_some(),
         "topology started"
     );
     Ok(Running {
         engine: handle,
         readings: readings_tx,
         modbus: metrics,
+        mqtt: mqtt_stats,
+        spool: spool_stats,
+        influx: influx_stats,
+        journal_path,
+        spool_dir,
         shutdown,
         tasks,
+        threads,
         engine_join: Some(engine_join),
     })
+}
+
+/// The journal writer thread: every batch of engine events in one fsynced transaction.
+/// On a failure it retries (with a pause) and never drops a batch: the engine waits.
+fn spawn_journal_writer(
+    mut journal: Journal,
+    mut rx: mpsc::Receiver<Vec<Event>>,
+) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("journal".into())
+        .spawn(move || {
+            while let Some(batch) = rx.blocking_recv() {
+                let records: Vec<JournalRecord> = batch.iter().map(record_of).collect();
+                let mut pause = Duration::from_millis(100);
+                loop {
+                    match journal.append(&records) {
+                        Ok(()) => break,
+                        Err(e) => {
+                            error!(error = %e, events = records.len(), "journal write failed; retrying (the engine waits)");
+                            std::thread::sleep(pause);
+                            pause = (pause * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            }
+        })
+        .context("cannot spawn the journal thread")
+}
+
+/// The journal record of an engine event.
+pub fn record_of(ev: &Event) -> JournalRecord {
+    let payload =
+        serde_json::to_value(ev).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+    match ev {
+        Event::Alarm(a) => JournalRecord {
+            id: a.id,
+            time: a.time,
+            kind: match a.kind {
+                EventKind::Acknowledge
+                | EventKind::Silence
+                | EventKind::Shelve
+                | EventKind::Unshelve
+                | EventKind::RemoveFromService
+                | EventKind::ReturnToService => RecordKind::Operator,
+                _ => RecordKind::Alarm,
+            },
+            alarm_id: Some(a.alarm.clone()),
+            point: (a.source_kind == SourceKind::Point).then(|| a.source.clone()),
+            enterprise: Some(a.enterprise.clone()),
+            drill: a.drill.clone(),
+            payload,
+        },
+        Event::Warning(w) => JournalRecord {
+            id: w.id,
+            time: w.time,
+            kind: RecordKind::Warning,
+            alarm_id: None,
+            point: None,
+            enterprise: match &w.scope {
+                WarningScope::Enterprise { code } => Some(code.clone()),
+                WarningScope::Park => None,
+            },
+            drill: w.drill.clone(),
+            payload,
+        },
+    }
+}
+
+/// The recorder thread: forwards each batch to the engine, then appends it to the spool
+/// (fsync per `[spool].fsync`). Expires old segments every minute.
+fn spawn_recorder(
+    mut spool: Spool,
+    table: Arc<PointTable>,
+    mut rx: mpsc::Receiver<Vec<Reading>>,
+    engine: mpsc::Sender<Vec<Reading>>,
+) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("recorder".into())
+        .spawn(move || {
+            let mut last_expire = std::time::Instant::now();
+            let mut failures: u64 = 0;
+            while let Some(batch) = rx.blocking_recv() {
+                let keep = batch.clone();
+                if engine.blocking_send(batch).is_err() {
+                    warn!("engine task gone; recorder stops");
+                    break;
+                }
+                if let Err(e) = spool.append(&keep, &table) {
+                    failures += 1;
+                    if failures.is_power_of_two() {
+                        error!(error = %e, failures, readings = keep.len(), "spool append failed: readings not archived");
+                    }
+                }
+                if last_expire.elapsed() > Duration::from_secs(60) {
+                    last_expire = std::time::Instant::now();
+                    let n = spool.expire(std::time::SystemTime::now());
+                    if n > 0 {
+                        info!(segments = n, "expired spool segments past retention");
+                    }
+                }
+            }
+            if let Err(e) = spool.sync() {
+                error!(error = %e, "final spool sync failed");
+            }
+        })
+        .context("cannot spawn the recorder thread")
 }
 
 /// Log every annunciated alarm and every warning change (Chinese with English), so that

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// A whole park config file. Sections:
-/// `[park]`, `[data]`, `[api]`, `[alarm]`, `[influx]`, `[[enterprise]]`, `[[modbus_device]]`,
+/// `[park]`, `[data]`, `[api]`, `[alarm]`, `[influx]`, `[spool]`, `[[enterprise]]`, `[[modbus_device]]`,
 /// `[[mqtt_broker]]`, `[[mqtt_subscription]]`, `[[point]]`, `[[vote_group]]`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -25,7 +25,9 @@ pub struct ParkFile {
     /// Alarm engine settings (priorities, shelving, staleness, warning rules).
     pub alarm: Option<parkguard_rules::engine::EngineConfig>,
     /// InfluxDB 2 sink; absent = the local spool is the archive.
-    pub influx: Option<serde_json::Value>,
+    pub influx: Option<parkguard_drivers::influx::InfluxConfig>,
+    /// The reading spool and local archive.
+    pub spool: Option<crate::store::spool::SpoolConfig>,
     /// Resident enterprises.
     #[serde(default)]
     pub enterprise: Vec<EnterpriseEntry>,
@@ -34,10 +36,10 @@ pub struct ParkFile {
     pub modbus_device: Vec<parkguard_drivers::modbus::ModbusDeviceConfig>,
     /// MQTT brokers parkguard connects to.
     #[serde(default)]
-    pub mqtt_broker: Vec<serde_json::Value>,
+    pub mqtt_broker: Vec<parkguard_drivers::mqtt::MqttBrokerConfig>,
     /// MQTT subscriptions mapping payloads onto points.
     #[serde(default)]
-    pub mqtt_subscription: Vec<serde_json::Value>,
+    pub mqtt_subscription: Vec<parkguard_drivers::mqtt::MqttSubscriptionConfig>,
     /// Monitored points (位号).
     #[serde(default)]
     pub point: Vec<PointEntry>,

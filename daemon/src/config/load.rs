@@ -2,6 +2,8 @@
 
 use super::file::*;
 use super::validate::{ParkConfig, Raw, validate};
+use crate::store::spool::SpoolConfig;
+use parkguard_drivers::influx::InfluxConfig;
 use parkguard_rules::engine::EngineConfig;
 use serde::de::DeserializeOwned;
 use serde_spanned::Spanned;
@@ -170,6 +172,7 @@ const SECTIONS: &[&str] = &[
     "api",
     "alarm",
     "influx",
+    "spool",
     "enterprise",
     "modbus_device",
     "mqtt_broker",
@@ -203,7 +206,12 @@ pub fn load_str(name: &str, text: &str) -> Result<ParkConfig, Vec<ConfigError>> 
             "alarm" => {
                 raw.alarm = de::<EngineConfig>(&src, node, &mut errors).map(|v| (v, node.clone()))
             }
-            "influx" => raw.influx = de::<serde_json::Value>(&src, node, &mut errors),
+            "influx" => {
+                raw.influx = de::<InfluxConfig>(&src, node, &mut errors).map(|v| (v, node.clone()))
+            }
+            "spool" => {
+                raw.spool = de::<SpoolConfig>(&src, node, &mut errors).map(|v| (v, node.clone()))
+            }
             "enterprise" => raw.enterprises = de_array(&src, k, node, &mut errors),
             "modbus_device" => raw.modbus_devices = de_array(&src, k, node, &mut errors),
             "mqtt_broker" => raw.mqtt_brokers = de_array(&src, k, node, &mut errors),

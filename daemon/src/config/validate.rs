@@ -2,9 +2,12 @@
 
 use super::file::*;
 use super::load::{ConfigError, Item, Source, span_of};
+use crate::store::spool::{SpoolConfig, SpoolSettings};
+use parkguard_drivers::influx::{InfluxConfig, InfluxSettings};
 use parkguard_drivers::modbus::{
     self, ModbusDevice, ModbusDeviceConfig, ModbusMapping, ModbusPlan, PlanTarget,
 };
+use parkguard_drivers::mqtt::{MqttBroker, MqttBrokerConfig, MqttSubscriptionConfig, Subscription};
 use parkguard_rules::defaults;
 use parkguard_rules::engine::{EngineConfig, VoteGroup, VoteGroupConfig};
 use parkguard_rules::model::{Flatline, RateOfChange};
@@ -23,11 +26,12 @@ pub(super) struct Raw<'i> {
     pub data: Option<DataSection>,
     pub api: Option<ApiSection>,
     pub alarm: Option<(EngineConfig, Spanned<DeValue<'i>>)>,
-    pub influx: Option<serde_json::Value>,
+    pub influx: Option<(InfluxConfig, Spanned<DeValue<'i>>)>,
+    pub spool: Option<(SpoolConfig, Spanned<DeValue<'i>>)>,
     pub enterprises: Vec<Item<'i, EnterpriseEntry>>,
     pub modbus_devices: Vec<Item<'i, ModbusDeviceConfig>>,
-    pub mqtt_brokers: Vec<Item<'i, serde_json::Value>>,
-    pub mqtt_subscriptions: Vec<Item<'i, serde_json::Value>>,
+    pub mqtt_brokers: Vec<Item<'i, MqttBrokerConfig>>,
+    pub mqtt_subscriptions: Vec<Item<'i, MqttSubscriptionConfig>>,
     pub points: Vec<Item<'i, PointEntry>>,
     pub vote_groups: Vec<Item<'i, VoteGroupConfig>>,
 }
@@ -47,16 +51,18 @@ pub struct ParkConfig {
     pub table: Arc<PointTable>,
     /// `[alarm]`: the engine's settings.
     pub engine: EngineConfig,
-    /// `[influx]` as written.
-    pub influx: Option<serde_json::Value>,
+    /// `[influx]`, validated (secrets are read when the writer starts).
+    pub influx: Option<InfluxSettings>,
+    /// `[spool]`, validated (defaults when absent).
+    pub spool: SpoolSettings,
     /// `[[modbus_device]]`, validated.
     pub modbus_devices: Vec<ModbusDevice>,
     /// The Modbus request plan (lines, merged reads, point slots), computed once.
     pub modbus_plan: ModbusPlan,
-    /// `[[mqtt_broker]]` as written.
-    pub mqtt_brokers: Vec<serde_json::Value>,
-    /// `[[mqtt_subscription]]` as written.
-    pub mqtt_subscriptions: Vec<serde_json::Value>,
+    /// `[[mqtt_broker]]`, validated.
+    pub mqtt_brokers: Vec<MqttBroker>,
+    /// `[[mqtt_subscription]]`, validated.
+    pub mqtt_subscriptions: Vec<Subscription>,
     /// `[[vote_group]]`, validated against the points.
     pub vote_groups: Vec<VoteGroup>,
 }
@@ -341,6 +347,66 @@ pub(super) fn validate(
         }
     };
 
+    // [influx], [spool]
+    let influx = match &raw.influx {
+        Some((c, node)) => match c.validate() {
+            Ok(v) => Some(v),
+            Err(es) => {
+                for fe in es {
+                    cx.at(span_of(node, &fe.field), fe.message);
+                }
+                None
+            }
+        },
+        None => None,
+    };
+    let spool = match &raw.spool {
+        Some((c, node)) => match c.validate() {
+            Ok(v) => Some(v),
+            Err(es) => {
+                for fe in es {
+                    cx.at(span_of(node, &fe.field), fe.message);
+                }
+                None
+            }
+        },
+        None => SpoolConfig::default().validate().ok(),
+    };
+
+    // [[mqtt_broker]], [[mqtt_subscription]]
+    let mut brokers = Vec::new();
+    let mut broker_ids: Vec<String> = Vec::new();
+    for item in &raw.mqtt_brokers {
+        if broker_ids.contains(&item.value.id) {
+            cx.at(
+                item.span_of("id"),
+                format!("duplicate MQTT broker id `{}`", item.value.id),
+            );
+            continue;
+        }
+        broker_ids.push(item.value.id.clone());
+        match item.value.validate() {
+            Ok(b) => brokers.push(b),
+            Err(es) => {
+                for fe in es {
+                    cx.at(item.span_of(&fe.field), fe.message);
+                }
+            }
+        }
+    }
+    let ids: Vec<&str> = broker_ids.iter().map(String::as_str).collect();
+    let mut subscriptions = Vec::new();
+    for item in &raw.mqtt_subscriptions {
+        match item.value.validate(&ids) {
+            Ok(s) => subscriptions.push(s),
+            Err(es) => {
+                for fe in es {
+                    cx.at(item.span_of(&fe.field), fe.message);
+                }
+            }
+        }
+    }
+
     // [alarm]
     let engine = match &raw.alarm {
         Some((cfg, node)) => {
@@ -373,6 +439,7 @@ pub(super) fn validate(
     }
     let park = park?;
     let modbus_plan = modbus_plan?;
+    let spool = spool?;
     Some(ParkConfig {
         park,
         data: raw.data.unwrap_or_default(),
@@ -380,15 +447,12 @@ pub(super) fn validate(
         enterprises,
         table: Arc::new(table),
         engine,
-        influx: raw.influx,
+        spool,
+        influx,
         modbus_devices: devices,
         modbus_plan,
-        mqtt_brokers: raw.mqtt_brokers.into_iter().map(|i| i.value).collect(),
-        mqtt_subscriptions: raw
-            .mqtt_subscriptions
-            .into_iter()
-            .map(|i| i.value)
-            .collect(),
+        mqtt_brokers: brokers,
+        mqtt_subscriptions: subscriptions,
         vote_groups,
     })
 }
