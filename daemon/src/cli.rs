@@ -69,6 +69,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Simulate a park's field devices: serve the Modbus simulator (Midas-, Oldham- and
+    /// 4-in-1-like detectors on unit ids 1, 2, 3) and publish plausible readings of every
+    /// point without a Modbus device to the config's first MQTT broker.
+    Simulate {
+        /// The park config whose points to simulate.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Serve the Modbus simulator here (e.g. 127.0.0.1:1502); omit to skip Modbus.
+        #[arg(long)]
+        modbus: Option<SocketAddr>,
+        /// Do not publish to MQTT.
+        #[arg(long)]
+        no_mqtt: bool,
+    },
     /// Run the embedded demo: simulated park, local storage, console in the browser.
     Demo {
         /// Listen address of the console and API.

@@ -46,6 +46,14 @@ fn main() -> ExitCode {
             to.as_deref(),
             json,
         )),
+        Command::Simulate {
+            config,
+            modbus,
+            no_mqtt,
+        } => {
+            init_logging(cli.log_format);
+            exit(parkguard::run::simulate(&config, modbus, !no_mqtt))
+        }
         Command::Demo {
             listen,
             data_dir,

@@ -126,3 +126,59 @@ pub async fn wait_for_signal(token: CancellationToken) {
     }
     token.cancel();
 }
+
+/// `parkguard simulate`: field-device simulators for a park config, until SIGTERM/SIGINT.
+pub fn simulate(path: &Path, modbus: Option<std::net::SocketAddr>, mqtt: bool) -> Result<()> {
+    let cfg = match config::load_file(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            bail!("{} has {} error(s)", path.display(), errors.len());
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let _sim = match modbus {
+            Some(addr) => {
+                let h = parkguard_drivers::modbus::sim::serve(
+                    addr,
+                    &parkguard_drivers::modbus::sim::demo_devices(),
+                )
+                .await
+                .with_context(|| format!("cannot serve the Modbus simulator on {addr}"))?;
+                info!(addr = %h.addr(), "Modbus simulator serving units 1 (Midas), 2 (Oldham), 3 (4-in-1)");
+                Some(h)
+            }
+            None => None,
+        };
+        if mqtt {
+            let Some(broker) = cfg.mqtt_brokers.first().cloned() else {
+                bail!("{} has no [[mqtt_broker]] to publish to (use --no-mqtt)", path.display());
+            };
+            let points: Vec<_> = cfg
+                .table
+                .points()
+                .iter()
+                .filter(|p| p.device.is_none())
+                .map(parkguard_drivers::mqtt::sim::SimPoint::for_point)
+                .collect();
+            info!(points = points.len(), broker = %broker.id, "publishing simulated readings");
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let opts = parkguard_drivers::mqtt::sim::SimOptions::default();
+                if let Err(e) = parkguard_drivers::mqtt::sim::run_simulator(&broker, points, opts, stop).await {
+                    tracing::error!(error = %e, "MQTT simulator stopped");
+                }
+            });
+        }
+        wait_for_signal(shutdown).await;
+        Ok(())
+    })
+}

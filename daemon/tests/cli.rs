@@ -243,3 +243,48 @@ fn backtest_reports_the_effect_of_a_raised_limit() {
         "unknown tags are reported: {stderr}"
     );
 }
+
+#[test]
+fn simulate_serves_modbus_until_sigterm() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = bin()
+        .args(["simulate", "--no-mqtt", "--config"])
+        .arg(root().join("deploy/examples/demo.toml"))
+        .arg("--modbus")
+        .arg(format!("127.0.0.1:{port}"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    // A Modbus TCP read of holding register 2-3 (the Midas-like f32) from unit 1.
+    let answer = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            s.write_all(&[0, 1, 0, 0, 0, 6, 1, 3, 0, 2, 0, 2]).unwrap();
+            let mut buf = [0u8; 13];
+            s.read_exact(&mut buf).unwrap();
+            break buf;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "simulator did not listen"
+        );
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("simulate exited early: {st:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // MBAP echo, unit 1, function 3, 4 bytes.
+    assert_eq!(&answer[..9], &[0, 1, 0, 0, 0, 7, 1, 3, 4]);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+}
