@@ -288,3 +288,30 @@ fn simulate_serves_modbus_until_sigterm() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{:?}", out.status);
 }
+
+#[test]
+fn driver_section_mistakes_are_reported_with_line_and_column() {
+    let file = root().join("daemon/tests/data/driver_mistakes.toml");
+    let out = bin().arg("check-config").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let name = file.display().to_string();
+    for (line, col, msg) in [
+        (8, 17, "200 registers per read is outside 1–125"),
+        (11, 10, "no `[[mqtt_broker]]` with id `nowhere`"),
+        (
+            28,
+            21,
+            "Modbus device `D9`, which no `[[modbus_device]]` defines",
+        ),
+    ] {
+        let prefix = format!("{name}:{line}:{col}: ");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&prefix) && l.contains(msg)),
+            "missing `{prefix}…{msg}` in:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("3 error(s)"), "{stderr}");
+}
