@@ -165,7 +165,16 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
     // Journal channel: bounded, lossless — the engine waits when it is full (an event that
     // is not journalled must not be announced).
     let (journal_tx, journal_rx) = mpsc::channel::<Vec<Event>>(1024);
-    threads.push(spawn_journal_writer(journal, journal_rx)?);
+    let mut tasks = Vec::new();
+    let linkage = if cfg.channels.is_empty() {
+        None
+    } else {
+        let (linkage, workers) =
+            crate::linkage::wire::start(cfg, journal_path.clone(), shutdown.clone())?;
+        tasks.extend(workers);
+        Some(linkage)
+    };
+    threads.push(spawn_journal_writer(journal, journal_rx, linkage)?);
     let (engine_tx, engine_rx) = mpsc::channel::<Vec<Reading>>(READINGS_CAPACITY);
     let (handle, engine_join) = engine_task::spawn(
         engine,
@@ -184,7 +193,6 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
     )?);
 
     // Sources.
-    let mut tasks = Vec::new();
     let metrics = Arc::new(ModbusMetrics::new(&cfg.modbus_plan));
     tasks.extend(modbus::spawn(
         &cfg.modbus_plan,
@@ -236,6 +244,7 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
 fn spawn_journal_writer(
     mut journal: Journal,
     mut rx: mpsc::Receiver<Vec<Event>>,
+    linkage: Option<crate::linkage::wire::Linkage>,
 ) -> Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("journal".into())
@@ -244,8 +253,21 @@ fn spawn_journal_writer(
                 let records: Vec<JournalRecord> = batch.iter().map(record_of).collect();
                 let mut pause = Duration::from_millis(100);
                 loop {
-                    match journal.append(&records) {
-                        Ok(()) => break,
+                    let mut woken = Vec::new();
+                    let result = match &linkage {
+                        None => journal.append(&records),
+                        Some(l) => journal.append_with(&records, |tx| {
+                            woken = l.enqueue(tx, &batch, engine_task::system_now())?;
+                            Ok(())
+                        }),
+                    };
+                    match result {
+                        Ok(()) => {
+                            if let Some(l) = &linkage {
+                                l.wake(&woken);
+                            }
+                            break;
+                        }
                         Err(e) => {
                             error!(error = %e, events = records.len(), "journal write failed; retrying (the engine waits)");
                             std::thread::sleep(pause);

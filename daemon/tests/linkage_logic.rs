@@ -245,9 +245,15 @@ fn routes_by_enterprise_area_kind_priority_grade() {
     let r = router();
     let n = note(1, "E001");
     let routed = r.route(&n);
-    assert_eq!(
-        names(&routed),
-        ["enterprise-duty", "bureau-desk", "drill-room"]
+    // A real event never goes to the drill channel of a matching route.
+    assert_eq!(names(&routed), ["enterprise-duty", "bureau-desk"]);
+    assert!(
+        routed
+            .refused
+            .iter()
+            .any(|e| matches!(e, parkguard::linkage::route::RouteError::RealToDrill { channel, .. } if channel == "drill-room")),
+        "{:?}",
+        routed.refused
     );
     assert_eq!(routed.escalations, ["standard"]);
 

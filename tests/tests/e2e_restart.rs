@@ -230,3 +230,126 @@ fn alarm_survives_kill_9_and_readings_reach_the_database() {
     let status = pg.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
 }
+
+/// What the webhook receiver got: (Idempotency-Key, body).
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+fn start_receiver(rt: &tokio::runtime::Runtime) -> (u16, Received) {
+    use axum::routing::post;
+    let got: Received = Default::default();
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |headers: axum::http::HeaderMap, body: String| {
+            let sink = sink.clone();
+            async move {
+                let key = headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                sink.lock().unwrap().push((key, body));
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    rt.spawn(async move { axum::serve(listener, app).await });
+    (port, got)
+}
+
+#[test]
+fn an_alarm_reaches_the_webhook_once_after_it_is_journalled() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (hook_port, got) = start_receiver(&rt);
+    let broker = mosquitto::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let secret = dir.path().join("hook.secret");
+    std::fs::write(&secret, "s3cret-for-the-test").unwrap();
+    let mut text = config(&data, broker.port, "http://127.0.0.1:9");
+    // No InfluxDB in this test: drop the [influx] table.
+    let start_influx = text.find("[influx]").unwrap();
+    let end_influx = text.find("[[mqtt_broker]]").unwrap();
+    text.replace_range(start_influx..end_influx, "");
+    text.push_str(&format!(
+        r#"
+[[channel]]
+type = "webhook"
+name = "bureau-desk"
+url = "http://127.0.0.1:{hook_port}/hook"
+secret_file = "{}"
+
+[[channel]]
+type = "webhook"
+name = "drill-desk"
+drill = true
+url = "http://127.0.0.1:{hook_port}/hook"
+secret_file = "{}"
+
+[[route]]
+name = "everything"
+channels = ["bureau-desk", "drill-desk"]
+"#,
+        secret.display(),
+        secret.display()
+    ));
+    let cfg = dir.path().join("park.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let mut pg = start(&cfg, &dir.path().join("run.log"));
+    wait_for("parkguard to subscribe", Duration::from_secs(30), || {
+        std::fs::read_to_string(dir.path().join("run.log"))
+            .ok()
+            .filter(|l| l.contains("mqtt connected"))
+    });
+    let payload = format!(r#"{{"value": 40.0, "ts": {}}}"#, now_ms());
+    mosquitto::publish(&broker, "gw/GT-1", payload.as_bytes(), 1, false).unwrap();
+    let journal = data.join("journal.sqlite");
+    let (_, _, _) = wait_for("the alarm in the journal", Duration::from_secs(30), || {
+        journal_view(&journal)
+    });
+    let first = wait_for("the webhook delivery", Duration::from_secs(30), || {
+        got.lock().unwrap().first().cloned()
+    });
+    let j = Journal::open_readonly(&journal).unwrap();
+    let rec = j
+        .query(&EventFilter {
+            alarm_id: Some("GT-1:H".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .into_iter()
+        .find(|r| r.payload["annunciate"] == true)
+        .expect("an annunciated event");
+    assert_eq!(
+        first.0,
+        rec.id.to_string(),
+        "idempotency key = journalled event id"
+    );
+    assert!(first.1.contains("GT-1"), "{}", first.1);
+    assert!(
+        first.1.contains("储罐区可燃气体"),
+        "Chinese text: {}",
+        first.1
+    );
+    // Give the outbox time to (wrongly) send more, then count: one alarm, one production
+    // delivery, nothing to the drill channel (this is not a drill).
+    std::thread::sleep(Duration::from_secs(2));
+    let all = got.lock().unwrap().clone();
+    let for_event: Vec<_> = all
+        .iter()
+        .filter(|(k, _)| *k == rec.id.to_string())
+        .collect();
+    assert_eq!(
+        for_event.len(),
+        1,
+        "exactly one delivery of a real alarm: {all:?}"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &pg.id().to_string()])
+        .status();
+    assert!(pg.wait().unwrap().success());
+}

@@ -43,6 +43,17 @@ pub struct ParkFile {
     /// Monitored points (位号).
     #[serde(default)]
     pub point: Vec<PointEntry>,
+    /// Notification channels (webhook, WeCom, DingTalk, upstream platform).
+    #[serde(default)]
+    pub channel: Vec<parkguard_drivers::notify::ChannelConfig>,
+    /// Routes: which notifications go to which channels.
+    #[serde(default)]
+    pub route: Vec<crate::linkage::route::RouteConfig>,
+    /// Escalation policies for unacknowledged alarms.
+    #[serde(default)]
+    pub escalation: Vec<crate::linkage::escalate::EscalationConfig>,
+    /// Notification outbox (grouping window, retries).
+    pub outbox: Option<crate::linkage::outbox::OutboxConfig>,
     /// Coincidence voting groups (k of n detectors agree).
     #[serde(default)]
     pub vote_group: Vec<parkguard_rules::engine::VoteGroupConfig>,

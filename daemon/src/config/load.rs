@@ -179,6 +179,10 @@ const SECTIONS: &[&str] = &[
     "mqtt_subscription",
     "point",
     "vote_group",
+    "channel",
+    "route",
+    "escalation",
+    "outbox",
 ];
 
 /// Load and validate config text; `name` is used in error messages.
@@ -218,6 +222,13 @@ pub fn load_str(name: &str, text: &str) -> Result<ParkConfig, Vec<ConfigError>> 
             "mqtt_subscription" => raw.mqtt_subscriptions = de_array(&src, k, node, &mut errors),
             "point" => raw.points = de_array(&src, k, node, &mut errors),
             "vote_group" => raw.vote_groups = de_array(&src, k, node, &mut errors),
+            "channel" => raw.channels = de_array(&src, k, node, &mut errors),
+            "route" => raw.routes = de_array(&src, k, node, &mut errors),
+            "escalation" => raw.escalations = de_array(&src, k, node, &mut errors),
+            "outbox" => {
+                raw.outbox = de::<crate::linkage::outbox::OutboxConfig>(&src, node, &mut errors)
+                    .map(|v| (v, node.clone()))
+            }
             other => errors.push(src.error(
                 Some(key.span()),
                 format!(

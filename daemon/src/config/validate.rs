@@ -2,12 +2,16 @@
 
 use super::file::*;
 use super::load::{ConfigError, Item, Source, span_of};
+use crate::linkage::escalate::{EscalationConfig, Policy};
+use crate::linkage::outbox::{OutboxConfig, WorkerConfig};
+use crate::linkage::route::{Route, RouteConfig};
 use crate::store::spool::{SpoolConfig, SpoolSettings};
 use parkguard_drivers::influx::{InfluxConfig, InfluxSettings};
 use parkguard_drivers::modbus::{
     self, ModbusDevice, ModbusDeviceConfig, ModbusMapping, ModbusPlan, PlanTarget,
 };
 use parkguard_drivers::mqtt::{MqttBroker, MqttBrokerConfig, MqttSubscriptionConfig, Subscription};
+use parkguard_drivers::notify::ChannelConfig;
 use parkguard_rules::defaults;
 use parkguard_rules::engine::{EngineConfig, VoteGroup, VoteGroupConfig};
 use parkguard_rules::model::{Flatline, RateOfChange};
@@ -34,6 +38,10 @@ pub(super) struct Raw<'i> {
     pub mqtt_subscriptions: Vec<Item<'i, MqttSubscriptionConfig>>,
     pub points: Vec<Item<'i, PointEntry>>,
     pub vote_groups: Vec<Item<'i, VoteGroupConfig>>,
+    pub channels: Vec<Item<'i, ChannelConfig>>,
+    pub routes: Vec<Item<'i, RouteConfig>>,
+    pub escalations: Vec<Item<'i, EscalationConfig>>,
+    pub outbox: Option<(OutboxConfig, Spanned<DeValue<'i>>)>,
 }
 
 /// A validated park configuration: what the daemon runs.
@@ -65,6 +73,14 @@ pub struct ParkConfig {
     pub mqtt_subscriptions: Vec<Subscription>,
     /// `[[vote_group]]`, validated against the points.
     pub vote_groups: Vec<VoteGroup>,
+    /// `[[channel]]`, validated (secrets are read when the channel is built at start).
+    pub channels: Vec<ChannelConfig>,
+    /// `[[route]]`, validated against the channels.
+    pub routes: Vec<Route>,
+    /// `[[escalation]]`, validated.
+    pub escalations: Vec<Policy>,
+    /// `[outbox]`, validated (defaults when absent).
+    pub outbox: WorkerConfig,
 }
 
 impl ParkConfig {
@@ -437,8 +453,72 @@ pub(super) fn validate(
             }
         }
     }
+    // [[channel]], [[escalation]], [[route]], [outbox]
+    let mut channel_flags: std::collections::BTreeMap<String, bool> = Default::default();
+    let mut channels = Vec::new();
+    for item in &raw.channels {
+        let c = &item.value;
+        if channel_flags
+            .insert(c.name().to_string(), c.drill())
+            .is_some()
+        {
+            cx.at(
+                item.span_of("name"),
+                format!("duplicate channel name `{}`", c.name()),
+            );
+            continue;
+        }
+        let errs = c.validate();
+        for fe in &errs {
+            cx.at(item.span_of(&fe.field), fe.message.clone());
+        }
+        if errs.is_empty() {
+            channels.push(c.clone());
+        }
+    }
+    let mut escalations = Vec::new();
+    for item in &raw.escalations {
+        match item.value.validate(&channel_flags) {
+            Ok(p) => escalations.push(p),
+            Err(es) => {
+                for fe in es {
+                    cx.at(item.span_of(&fe.field), fe.message);
+                }
+            }
+        }
+    }
+    let escalation_names: Vec<String> = raw
+        .escalations
+        .iter()
+        .map(|e| e.value.name.clone())
+        .collect();
+    let mut routes = Vec::new();
+    for (i, item) in raw.routes.iter().enumerate() {
+        match item.value.validate(i, &channel_flags, &escalation_names) {
+            Ok(r) => routes.push(r),
+            Err(es) => {
+                for fe in es {
+                    cx.at(item.span_of(&fe.field), fe.message);
+                }
+            }
+        }
+    }
+    let outbox = match &raw.outbox {
+        Some((c, node)) => match c.validate() {
+            Ok(w) => Some(w),
+            Err(es) => {
+                for fe in es {
+                    cx.at(span_of(node, &fe.field), fe.message);
+                }
+                None
+            }
+        },
+        None => OutboxConfig::default().validate().ok(),
+    };
+
     let park = park?;
     let modbus_plan = modbus_plan?;
+    let outbox = outbox?;
     let spool = spool?;
     Some(ParkConfig {
         park,
@@ -454,6 +534,10 @@ pub(super) fn validate(
         mqtt_brokers: brokers,
         mqtt_subscriptions: subscriptions,
         vote_groups,
+        channels,
+        routes,
+        escalations,
+        outbox,
     })
 }
 

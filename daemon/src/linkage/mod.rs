@@ -23,3 +23,4 @@ pub mod escalate;
 pub mod group;
 pub mod outbox;
 pub mod route;
+pub mod wire;

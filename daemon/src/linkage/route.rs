@@ -136,6 +136,18 @@ pub enum RouteError {
         /// Channel.
         channel: String,
     },
+    /// A real (non-drill) event offered to a drill channel: drill channels carry drill
+    /// traffic only, so that drill organisers never mistake a real alarm for part of the
+    /// exercise (real alarms go to the production channels).
+    #[error(
+        "real event {event_id} not sent to drill channel `{channel}`: drill channels receive drill events only"
+    )]
+    RealToDrill {
+        /// Event.
+        event_id: u64,
+        /// Channel.
+        channel: String,
+    },
     /// No such channel.
     #[error("unknown channel `{0}`")]
     UnknownChannel(String),
@@ -185,6 +197,12 @@ impl Router {
             return Err(RouteError::DrillToProduction {
                 event_id: n.event_id,
                 drill: d.clone(),
+                channel: channel.to_string(),
+            });
+        }
+        if n.drill.is_none() && drill_channel {
+            return Err(RouteError::RealToDrill {
+                event_id: n.event_id,
                 channel: channel.to_string(),
             });
         }
