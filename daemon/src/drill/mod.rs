@@ -6,4 +6,5 @@ pub mod backtest;
 pub mod cli;
 pub mod plume;
 pub mod replay;
+pub mod runner;
 pub mod scenario;
