@@ -480,7 +480,7 @@ async fn api_over_the_running_engine() {
         .unwrap();
     assert!(readings >= 10.0, "{m}");
     assert!(
-        m.contains("parkguard_alarms_active{priority=\"high\"}"),
+        m.contains("parkguard_active_alarms{priority=\"high\"}"),
         "{m}"
     );
 

@@ -503,10 +503,10 @@ impl EngineBackend {
         }
         let _ = writeln!(
             out,
-            "# HELP parkguard_alarms_active Alarms in alarm or unacknowledged, by priority.\n# TYPE parkguard_alarms_active gauge"
+            "# HELP parkguard_active_alarms Alarms in alarm or unacknowledged, by priority.\n# TYPE parkguard_active_alarms gauge"
         );
         for (p, n) in ["high", "medium", "low"].iter().zip(by) {
-            let _ = writeln!(out, "parkguard_alarms_active{{priority=\"{p}\"}} {n}");
+            let _ = writeln!(out, "parkguard_active_alarms{{priority=\"{p}\"}} {n}");
         }
         let age = snap
             .time

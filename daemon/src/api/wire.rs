@@ -66,7 +66,10 @@ pub async fn serve_with(
     // Event ids start at the Unix time in ms so they keep increasing across restarts.
     let first_id = u64::try_from(crate::engine_task::system_now().0 / 1_000_000).unwrap_or(1);
     let hub = Arc::new(EventHub::new(HubSettings::default(), first_id));
-    let backend = EngineBackend::new(parts);
+    // Seeding from the journal reads SQLite: blocking work.
+    let backend = tokio::task::spawn_blocking(move || EngineBackend::new(parts))
+        .await
+        .context("API backend task")?;
     let state = {
         let backend = backend.clone();
         let hub = hub.clone();
