@@ -193,13 +193,42 @@ async fn api_over_the_running_engine() {
     };
     let (handle, engine_join) = engine_task::spawn(engine, rrx, Some(jtx), task_cfg);
 
+    // A spool archive with ten minutes of the point's history (one sample a minute).
+    let spool_dir = dir.path().join("spool");
+    {
+        let settings = parkguard::store::spool::SpoolConfig::default()
+            .validate()
+            .unwrap();
+        let mut spool = parkguard::store::spool::Spool::open(&spool_dir, settings).unwrap();
+        let now = system_now().0;
+        let past: Vec<Reading> = (1..=10)
+            .map(|i| {
+                let t = parkguard_rules::Timestamp(now - i * 60_000_000_000);
+                Reading {
+                    point: point.id,
+                    value: i as f64 * 0.01,
+                    unit: point.unit,
+                    quality: if i == 5 {
+                        Quality::CommLost
+                    } else {
+                        Quality::Good
+                    },
+                    source_time: t,
+                    receive_time: t,
+                }
+            })
+            .collect();
+        spool.append(&past, &cfg.table).unwrap();
+        spool.sync().unwrap();
+    }
+
     let shutdown = CancellationToken::new();
     let parts = BackendParts {
         engine: handle.clone(),
         table: cfg.table.clone(),
         engine_config: cfg.engine.clone(),
         journal_path: Some(journal_path.clone()),
-        archive_dir: None,
+        archive_dir: Some(spool_dir.clone()),
         modbus: None,
         mqtt: Vec::new(),
     };
@@ -281,7 +310,9 @@ async fn api_over_the_running_engine() {
         v.as_array()
             .unwrap()
             .iter()
-            .find(|a| a["point"] == TAG && a["condition"] == "h")
+            // The activation's value comes with the engine's event, right behind the
+            // snapshot.
+            .find(|a| a["point"] == TAG && a["condition"] == "h" && a["value"].is_number())
             .cloned()
     })
     .await;
@@ -422,17 +453,57 @@ async fn api_over_the_running_engine() {
     assert_eq!(pv["state"], "normal");
     assert_eq!(pv["limits"]["h"], new_limits["h"]);
 
-    // The alarm's history, from the journal: raised, acknowledged, cleared.
-    let (s, hist) = op.get(&format!("/api/v1/alarms/history?point={TAG}")).await;
-    assert_eq!(s, 200);
-    let row = hist
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["condition"] == "h")
-        .cloned()
-        .unwrap_or_else(|| panic!("no H row in {hist}"));
-    assert_eq!(row["state"], "normal");
+    // Point history from the spool archive: the last 15 minutes hold the ten samples, in
+    // time order, the comm-lost one marked not good.
+    let (s, h15) = op
+        .get(&format!("/api/v1/points/{TAG}/history?minutes=15"))
+        .await;
+    assert_eq!(s, 200, "{h15}");
+    let samples = h15["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 10, "{h15}");
+    let values: Vec<f64> = samples.iter().map(|x| x["v"].as_f64().unwrap()).collect();
+    assert_eq!(values[0], 0.1);
+    assert_eq!(values[9], 0.01);
+    assert_eq!(
+        samples.iter().filter(|x| x["good"] == false).count(),
+        1,
+        "{h15}"
+    );
+
+    // Out of service needs an engineer; the point shows it, and returns.
+    let reason = json!({"reason": "WO-4711 sensor replacement"});
+    let path = format!("/api/v1/points/{TAG}/out-of-service");
+    let (s, _) = op.send(reqwest::Method::POST, &path, reason.clone()).await;
+    assert_eq!(s, 403);
+    let (s, v) = eng.send(reqwest::Method::POST, &path, reason.clone()).await;
+    assert_eq!(s, 200, "{v}");
+    let (_, pv) = op.get(&format!("/api/v1/points/{TAG}")).await;
+    assert_eq!(pv["state"], "out_of_service");
+    let (s, _) = eng.send(reqwest::Method::POST, &path, reason.clone()).await;
+    assert_eq!(s, 409, "already out of service");
+    let path = format!("/api/v1/points/{TAG}/return-to-service");
+    let (s, v) = eng.send(reqwest::Method::POST, &path, reason).await;
+    assert_eq!(s, 200, "{v}");
+    let (_, pv) = op.get(&format!("/api/v1/points/{TAG}")).await;
+    assert_eq!(pv["state"], "normal");
+
+    // The alarm's history, from the journal (written behind the engine, so wait for it):
+    // one row for the activation, acknowledged by the operator, cleared; the later
+    // out-of-service of the point does not reopen it.
+    let row = until("the H activation in the history, closed", || async {
+        let (s, hist) = op.get(&format!("/api/v1/alarms/history?point={TAG}")).await;
+        assert_eq!(s, 200);
+        let rows: Vec<Value> = hist
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["condition"] == "h")
+            .cloned()
+            .collect();
+        assert!(rows.len() <= 1, "{hist}");
+        rows.into_iter().find(|r| r["state"] == "normal")
+    })
+    .await;
     assert_eq!(row["acked_by"], "operator");
     assert!(row["cleared_ms"].as_i64().is_some(), "{row}");
 

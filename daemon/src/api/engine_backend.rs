@@ -799,6 +799,10 @@ impl ApiBackend for EngineBackend {
                                 row.comment = a.comment.clone();
                             }
                             row.shelved_until_ms = a.shelved_until.map(ms);
+                            // Over: later events (e.g. out of service) belong to no row.
+                            if a.to == EState::Normal {
+                                open.remove(&a.alarm);
+                            }
                         }
                     }
                 }
@@ -863,7 +867,16 @@ impl ApiBackend for EngineBackend {
                     }
                 }
             };
+            let acknowledges = matches!(command, Command::Acknowledge { .. });
             self.run(command).await?;
+            if acknowledges {
+                // The pump notes it too from the event; do it now so that the answer and
+                // the next read show who acknowledged, whatever the pump's progress.
+                let mut g = lock(&self.shared);
+                let x = g.extras.entry(a.alarm.clone()).or_default();
+                x.acked_by = Some(by.username.clone());
+                x.acked_ms = Some(now_ms());
+            }
             let after = self
                 .snapshot()
                 .alarms
