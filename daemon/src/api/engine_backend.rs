@@ -1283,3 +1283,152 @@ pub async fn pump(
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+mod tests {
+    use super::*;
+    use crate::api::HubSettings;
+    use crate::engine_task::system_now;
+    use parkguard_rules::engine::Engine;
+    use parkguard_rules::{Gas, Point, PointId, PointKind, Quality, Reading, Unit, WarningEvent};
+    use tokio::sync::{broadcast, mpsc, watch};
+
+    fn table() -> Arc<PointTable> {
+        let p = Point {
+            id: PointId(0),
+            tag: "GT-1".into(),
+            name: "methane".into(),
+            enterprise: "E1".into(),
+            device: None,
+            hazard_installation: None,
+            area: None,
+            kind: PointKind::Combustible,
+            gas: Some(Gas::Ch4),
+            unit: Unit::PercentLel,
+            range_lo: 0.0,
+            range_hi: 100.0,
+            limits: AlarmLimits {
+                h: Some(25.0),
+                hh: Some(50.0),
+                deadband: 2.0,
+                ..Default::default()
+            },
+            expected_interval: Duration::from_secs(10),
+            location: None,
+        };
+        Arc::new(PointTable::new(vec![p]).unwrap())
+    }
+
+    #[test]
+    fn wire_ids_are_stable_and_javascript_safe() {
+        assert_eq!(alarm_num("GT-1:H"), alarm_num("GT-1:H"));
+        assert_ne!(alarm_num("GT-1:H"), alarm_num("GT-1:HH"));
+        assert!(alarm_num("device/GW-1:COMM_LOST") < 1 << 53);
+    }
+
+    #[test]
+    fn refused_commands_map_to_clear_4xx() {
+        let e = command_error(CommandError::UnknownTarget("X".into()));
+        assert!(matches!(e, BackendError::NotFound(_)));
+        let e = command_error(CommandError::ShelveTooLong {
+            alarm: "GT-1:H".into(),
+            requested_s: 9,
+            max_s: 8,
+        });
+        assert!(matches!(e, BackendError::Invalid(m) if m.contains("exceeds the maximum")));
+        let e = command_error(CommandError::NotShelved("GT-1:H".into()));
+        assert!(matches!(e, BackendError::Conflict(_)));
+    }
+
+    /// The pump falls behind the engine's broadcast (more events than it holds arrive
+    /// before the pump runs): it republishes every alarm from the snapshot.
+    #[tokio::test]
+    async fn pump_resynchronises_from_the_snapshot_when_it_lags() {
+        let table = table();
+        let mut engine = Engine::new(table.clone(), EngineConfig::default(), Vec::new());
+        let t = system_now();
+        let mut out = Vec::new();
+        engine.on_readings(
+            &[Reading {
+                point: PointId(0),
+                value: 60.0,
+                unit: Unit::PercentLel,
+                quality: Quality::Good,
+                source_time: t,
+                receive_time: t,
+            }],
+            &mut out,
+        );
+        assert!(out.len() >= 2, "{out:?}");
+        let (req_tx, _req_rx) = mpsc::channel(1);
+        let (ev_tx, _) = broadcast::channel(16);
+        let (_snap_tx, snap_rx) = watch::channel(Arc::new(engine.snapshot()));
+        let parts = BackendParts {
+            engine: EngineHandle {
+                requests: req_tx,
+                events: ev_tx.clone(),
+                snapshot: snap_rx,
+            },
+            table,
+            engine_config: EngineConfig::default(),
+            journal_path: None,
+            archive_dir: None,
+            modbus: None,
+            mqtt: Vec::new(),
+        };
+        let backend = EngineBackend::new(parts);
+        let hub = Arc::new(EventHub::new(HubSettings::default(), 1));
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(pump(backend, hub.clone(), cancel.clone()));
+        while ev_tx.receiver_count() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Forty warning events without yielding (current-thread runtime): the pump's
+        // receiver holds 16, so it lags. The alarms were never sent as events.
+        for i in 0..40 {
+            let w = Event::Warning(WarningEvent {
+                id: 100 + i,
+                scope: WarningScope::Park,
+                from: parkguard_rules::Grade::None,
+                to: parkguard_rules::Grade::Blue,
+                time: t,
+                reason: "test".into(),
+                drill: None,
+            });
+            ev_tx.send(Arc::new(w)).unwrap();
+        }
+        let kinds = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let sub = hub.subscribe(Some(0));
+                let kinds: Vec<(String, String)> = sub
+                    .replay
+                    .iter()
+                    .map(|e| (e.kind.clone(), e.data.clone()))
+                    .collect();
+                if kinds.iter().filter(|(k, _)| k == "warning").count() >= 16 {
+                    return kinds;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        let alarms: Vec<&String> = kinds
+            .iter()
+            .filter(|(k, _)| k == "alarm")
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(alarms.len(), 2, "{kinds:?}");
+        assert!(alarms.iter().any(|d| d.contains("\"condition\":\"hh\"")));
+        assert!(alarms.iter().any(|d| d.contains("\"condition\":\"h\"")));
+        assert!(
+            kinds
+                .iter()
+                .any(|(k, d)| k == "point" && d.contains("\"state\":\"alarm_unack\"")),
+            "{kinds:?}"
+        );
+        cancel.cancel();
+        task.await.unwrap();
+    }
+}
