@@ -31,6 +31,7 @@
 
 pub mod backend;
 pub mod console;
+pub mod engine_backend;
 pub mod error;
 pub mod events;
 mod handlers;
@@ -38,6 +39,7 @@ pub mod limits;
 pub mod metrics;
 pub mod testing;
 pub mod tls;
+pub mod wire;
 
 pub use backend::ApiBackend;
 pub use error::ApiError;

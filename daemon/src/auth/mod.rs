@@ -17,8 +17,9 @@
 pub mod users;
 
 pub use users::{
-    DEFAULT_PASSWORDS, UserEntry, UsersFile, add_token, add_user, add_user_with, check_users_file,
-    hash_password, random_token, read_users_file, remove_user, sha256_hex, verify_password,
+    DEFAULT_PASSWORDS, DEMO_USERS, UserEntry, UsersFile, add_token, add_user, add_user_with,
+    check_users_file, create_demo_users, hash_password, random_token, read_users_file, remove_user,
+    sha256_hex, verify_password,
 };
 
 use schemars::JsonSchema;

@@ -322,3 +322,50 @@ pub fn check_users_file(path: &Path, production: bool) -> Vec<String> {
     }
     errors
 }
+
+/// The accounts `parkguard demo` creates: (username, display name, role).
+pub const DEMO_USERS: &[(&str, &str, Role)] = &[
+    ("operator", "值班操作员 (demo)", Role::Operator),
+    ("engineer", "仪表工程师 (demo)", Role::Engineer),
+    ("admin", "系统管理员 (demo)", Role::Admin),
+];
+
+/// A random password for a demo account: 16 characters from an unambiguous alphabet
+/// (≈ 80 bits).
+fn demo_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut b = [0u8; 16];
+    OsRng.fill_bytes(&mut b);
+    b.iter()
+        .map(|x| ALPHABET[usize::from(*x) % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Write a users file at `path` (replacing any) with the demo accounts `operator`,
+/// `engineer` and `admin`, each with a fresh random password and marked `demo = true`, so
+/// that [`check_users_file`] with `production = true` refuses them. Returns (username,
+/// role, password) for `parkguard demo` to print once; only the argon2 hashes are stored.
+pub fn create_demo_users(path: &Path) -> Result<Vec<(String, Role, String)>, AuthError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| AuthError::Io {
+            path: dir.display().to_string(),
+            error: e.to_string(),
+        })?;
+    }
+    let mut file = UsersFile::default();
+    let mut out = Vec::with_capacity(DEMO_USERS.len());
+    for (username, display, role) in DEMO_USERS {
+        let password = demo_password();
+        file.user.push(UserEntry {
+            username: (*username).to_string(),
+            display_name: (*display).to_string(),
+            role: *role,
+            password_hash: hash_password(&password)?,
+            demo: true,
+            token: Vec::new(),
+        });
+        out.push(((*username).to_string(), *role, password));
+    }
+    write_users_file(path, &file)?;
+    Ok(out)
+}

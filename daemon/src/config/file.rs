@@ -113,13 +113,42 @@ pub struct ApiSection {
     /// Listen address of the HTTP API and console. Default `127.0.0.1:8080`.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Users file (usernames, roles, argon2 password hashes, token hashes); relative paths
+    /// are relative to the working directory. Default `<data.dir>/users.toml`.
+    #[serde(default)]
+    pub users_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM). With `tls_key`, the API and console are served over
+    /// HTTPS and cookies are marked `Secure`. Default: none (plain HTTP; terminate TLS in
+    /// front).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM, PKCS#8 or RSA). Set together with `tls_cert`. Default: none.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ApiSection {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            users_file: None,
+            tls_cert: None,
+            tls_key: None,
         }
+    }
+}
+
+impl ApiSection {
+    /// The users file: `users_file`, or `<data_dir>/users.toml`.
+    pub fn users_file(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.users_file
+            .clone()
+            .unwrap_or_else(|| data_dir.join("users.toml"))
+    }
+
+    /// Certificate and key when both are set.
+    pub fn tls_files(&self) -> Option<(PathBuf, PathBuf)> {
+        Some((self.tls_cert.clone()?, self.tls_key.clone()?))
     }
 }
 

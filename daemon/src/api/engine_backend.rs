@@ -1,0 +1,1434 @@
+//! The real [`ApiBackend`]: the running engine task, its journal and the spool archive.
+//!
+//! - Points and active alarms come from the engine's snapshot (`watch`, latest only).
+//! - Commands and limit changes go through the engine's request channel
+//!   ([`EngineHandle::command`], [`EngineHandle::replace_limits`]); a refused command comes
+//!   back as a clear 4xx ([`command_error`]).
+//! - Alarm and warning history and the KPIs are read from the journal over a read-only
+//!   SQLite connection (empty when the daemon runs without a journal).
+//! - Point history is read from the spool archive (empty without one).
+//! - Limit versions are kept **in memory**: version 1 is the configured limits, each change
+//!   adds one. They are lost on restart, like the limits themselves (the engine starts from
+//!   the configuration); every change is in the hash-chained audit log.
+//!
+//! Alarm ids on the wire: the engine names alarms `TAG:HH`; the API's numeric `id` is a
+//! stable 53-bit FNV-1a hash of that name ([`alarm_num`]), so it survives restarts and is
+//! exact in JavaScript numbers.
+//!
+//! [`pump`] forwards the engine's events to the SSE hub.
+
+use super::backend::*;
+use super::events::EventHub;
+use crate::engine_task::EngineHandle;
+use crate::store::journal::{EventFilter, Journal, RecordKind};
+use parkguard_rules::alarm::{AlarmEvent, AlarmState as EState, Condition, EventKind, SourceKind};
+use parkguard_rules::engine::{
+    AlarmView as EAlarm, Command, CommandError, EngineConfig, Event, Snapshot,
+};
+use parkguard_rules::warning::WarningScope;
+use parkguard_rules::{AlarmLimits, PointTable, Timestamp};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast::error::RecvError;
+
+/// Everything the real backend reads from. Optional parts are simply absent in a daemon
+/// that runs without them (no journal, no spool, no Modbus, no MQTT).
+#[derive(Clone)]
+pub struct BackendParts {
+    /// The engine task.
+    pub engine: EngineHandle,
+    /// The point table the engine was built from.
+    pub table: Arc<PointTable>,
+    /// The engine's settings (shelve maximum, priorities).
+    pub engine_config: EngineConfig,
+    /// The alarm journal (SQLite), opened read-only per query.
+    pub journal_path: Option<PathBuf>,
+    /// The spool directory, for point history.
+    pub archive_dir: Option<PathBuf>,
+    /// Modbus per-device counters.
+    pub modbus: Option<Arc<parkguard_drivers::modbus::ModbusMetrics>>,
+    /// MQTT counters, one per broker: (broker id, stats).
+    pub mqtt: Vec<(String, Arc<parkguard_drivers::mqtt::MqttStats>)>,
+}
+
+/// What the snapshot does not carry about an alarm: the last activation's value and limit,
+/// who acknowledged it, the last comment. Kept by [`pump`] from the engine's events.
+#[derive(Clone, Debug, Default)]
+struct Extra {
+    value: Option<f64>,
+    limit: Option<f64>,
+    raised_ms: Option<i64>,
+    acked_by: Option<String>,
+    acked_ms: Option<i64>,
+    comment: Option<String>,
+    cleared_ms: Option<i64>,
+}
+
+#[derive(Default)]
+struct Shared {
+    extras: HashMap<String, Extra>,
+    /// Scope (`park` or enterprise code) → (since ms, reason).
+    grades: HashMap<String, (i64, String)>,
+    /// Limit versions per tag, oldest first; absent = only the configured version 1.
+    versions: HashMap<String, Vec<LimitsVersion>>,
+}
+
+/// The real backend. Cheap to clone behind an `Arc`.
+pub struct EngineBackend {
+    parts: BackendParts,
+    shared: Mutex<Shared>,
+    /// Serialises limit changes (check version, apply, record).
+    limits_lock: tokio::sync::Mutex<()>,
+    started: Instant,
+}
+
+/// How long a command may wait for the engine before the API answers 503.
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A snapshot older than this makes `/readyz` fail (the engine ticks every second).
+const SNAPSHOT_FRESH: Duration = Duration::from_secs(5);
+/// Most samples one history request returns.
+const MAX_SAMPLES: usize = 100_000;
+
+/// The wire id of an alarm name: 53-bit FNV-1a (stable, exact in JavaScript).
+pub fn alarm_num(alarm: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in alarm.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h & ((1u64 << 53) - 1)
+}
+
+fn ms(t: Timestamp) -> i64 {
+    t.0.div_euclid(1_000_000)
+}
+
+fn now_ms() -> i64 {
+    ms(crate::engine_task::system_now())
+}
+
+fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The API's short condition name.
+pub fn condition_name(c: Condition) -> String {
+    match c {
+        Condition::Hh => "hh".into(),
+        Condition::H => "h".into(),
+        Condition::L => "l".into(),
+        Condition::Ll => "ll".into(),
+        Condition::RateOfChange => "roc".into(),
+        Condition::Stale => "stale".into(),
+        Condition::VoteLevel1 | Condition::VoteLevel2 => "vote".into(),
+        other => serde_json::to_value(other)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "fault".into()),
+    }
+}
+
+fn priority(p: parkguard_rules::Priority) -> Priority {
+    match p {
+        parkguard_rules::Priority::High => Priority::High,
+        parkguard_rules::Priority::Medium => Priority::Medium,
+        parkguard_rules::Priority::Low => Priority::Low,
+    }
+}
+
+fn alarm_state(s: EState) -> AlarmState {
+    match s {
+        EState::Normal => AlarmState::Normal,
+        EState::Unacknowledged => AlarmState::Unack,
+        EState::Acknowledged => AlarmState::Ack,
+        EState::ReturnedUnacknowledged => AlarmState::RtnUnack,
+        // Suppressed by design is masked like a shelved alarm (the root cause annunciates).
+        EState::Shelved | EState::SuppressedByDesign => AlarmState::Shelved,
+        EState::OutOfService => AlarmState::OutOfService,
+    }
+}
+
+fn grade(g: parkguard_rules::Grade) -> Grade {
+    match g {
+        parkguard_rules::Grade::None => Grade::None,
+        parkguard_rules::Grade::Blue => Grade::Blue,
+        parkguard_rules::Grade::Yellow => Grade::Yellow,
+        parkguard_rules::Grade::Orange => Grade::Orange,
+        parkguard_rules::Grade::Red => Grade::Red,
+    }
+}
+
+fn quality_name(q: parkguard_rules::Quality) -> String {
+    match serde_json::to_value(q) {
+        Ok(serde_json::Value::Object(m)) => m
+            .get("q")
+            .and_then(|v| v.as_str())
+            .unwrap_or("fault")
+            .to_string(),
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "fault".into(),
+    }
+}
+
+/// Map a refused command to the API's error: unknown → 404, wrong state → 409, bad
+/// request → 422.
+pub fn command_error(e: CommandError) -> BackendError {
+    let msg = e.to_string();
+    match e {
+        CommandError::UnknownTarget(_) => BackendError::NotFound(msg),
+        CommandError::NotAnAlarm(_)
+        | CommandError::MissingUser
+        | CommandError::MissingReason(_)
+        | CommandError::ZeroDuration
+        | CommandError::ShelveTooLong { .. } => BackendError::Invalid(msg),
+        _ => BackendError::Conflict(msg),
+    }
+}
+
+impl EngineBackend {
+    /// A backend over `parts`. Seeds what the snapshot lacks (activation values, who
+    /// acknowledged) from the journal, when there is one.
+    pub fn new(parts: BackendParts) -> Arc<Self> {
+        let me = Arc::new(Self {
+            parts,
+            shared: Mutex::new(Shared::default()),
+            limits_lock: tokio::sync::Mutex::new(()),
+            started: Instant::now(),
+        });
+        if let Some(j) = me.journal()
+            && let Ok(records) = j.latest_per_alarm()
+        {
+            // The last event of each alarm gives its state; walk back its activation.
+            for r in records {
+                let Some(id) = r.alarm_id.as_deref() else {
+                    continue;
+                };
+                if let Ok(hist) = j.alarm_history(id) {
+                    for rec in hist {
+                        if let Some(a) = parse_alarm(rec.payload) {
+                            me.note_event(&a);
+                        }
+                    }
+                }
+            }
+        }
+        me
+    }
+
+    /// The parts (for the pump and `serve`).
+    pub fn parts(&self) -> &BackendParts {
+        &self.parts
+    }
+
+    fn journal(&self) -> Option<Journal> {
+        let p = self.parts.journal_path.as_ref()?;
+        if !p.exists() {
+            return None;
+        }
+        Journal::open_readonly(p).ok()
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.parts.engine.snapshot.borrow().clone()
+    }
+
+    /// Remember what an alarm event tells beyond the snapshot.
+    fn note_event(&self, a: &AlarmEvent) {
+        let mut g = lock(&self.shared);
+        let x = g.extras.entry(a.alarm.clone()).or_default();
+        let t = ms(a.time);
+        match a.kind {
+            EventKind::Activate | EventKind::Realarm => {
+                *x = Extra {
+                    value: a.value,
+                    limit: a.limit,
+                    raised_ms: Some(t),
+                    ..Default::default()
+                };
+            }
+            EventKind::Acknowledge => {
+                x.acked_by = a.user.clone();
+                x.acked_ms = Some(t);
+            }
+            EventKind::Return => x.cleared_ms = Some(t),
+            _ => {}
+        }
+        if a.comment.is_some() {
+            x.comment = a.comment.clone();
+        }
+    }
+
+    fn note_warning(&self, w: &parkguard_rules::WarningEvent) {
+        let scope = match &w.scope {
+            WarningScope::Park => "park".to_string(),
+            WarningScope::Enterprise { code } => code.clone(),
+        };
+        lock(&self.shared)
+            .grades
+            .insert(scope, (ms(w.time), w.reason.clone()));
+    }
+
+    fn unit_of(&self, source: &str) -> String {
+        self.parts
+            .table
+            .by_tag(source)
+            .map(|p| p.unit.symbol().to_string())
+            .unwrap_or_default()
+    }
+
+    /// The API view of one engine alarm.
+    fn alarm_view(&self, a: &EAlarm) -> AlarmView {
+        let x = lock(&self.shared)
+            .extras
+            .get(&a.alarm)
+            .cloned()
+            .unwrap_or_default();
+        AlarmView {
+            id: alarm_num(&a.alarm),
+            point: a.source.clone(),
+            enterprise: a.enterprise.clone(),
+            condition: condition_name(a.condition),
+            priority: priority(a.priority),
+            state: alarm_state(a.state),
+            value: x.value.unwrap_or(f64::NAN),
+            limit: x.limit,
+            unit: self.unit_of(&a.source),
+            raised_ms: a.active_since.map(ms).or(x.raised_ms).unwrap_or_default(),
+            first: false,
+            acked_by: x.acked_by,
+            acked_ms: x.acked_ms,
+            comment: x.comment,
+            shelved_until_ms: a.shelved_until.map(ms),
+            cleared_ms: if a.active { None } else { x.cleared_ms },
+            drill: None,
+        }
+    }
+
+    /// The API view of an alarm event (for SSE and history).
+    fn event_view(&self, a: &AlarmEvent) -> AlarmView {
+        let x = lock(&self.shared)
+            .extras
+            .get(&a.alarm)
+            .cloned()
+            .unwrap_or_default();
+        AlarmView {
+            id: alarm_num(&a.alarm),
+            point: a.source.clone(),
+            enterprise: a.enterprise.clone(),
+            condition: condition_name(a.condition),
+            priority: priority(a.priority),
+            state: alarm_state(a.to),
+            value: x.value.or(a.value).unwrap_or(f64::NAN),
+            limit: x.limit.or(a.limit),
+            unit: a
+                .unit
+                .map(|u| u.symbol().to_string())
+                .unwrap_or_else(|| self.unit_of(&a.source)),
+            raised_ms: x.raised_ms.unwrap_or_else(|| ms(a.time)),
+            first: false,
+            acked_by: x.acked_by,
+            acked_ms: x.acked_ms,
+            comment: x.comment,
+            shelved_until_ms: a.shelved_until.map(ms),
+            cleared_ms: if a.active { None } else { x.cleared_ms },
+            drill: a.drill.clone(),
+        }
+    }
+
+    fn current_limits(&self, tag: &str) -> Option<LimitsDto> {
+        if let Some(v) = lock(&self.shared).versions.get(tag).and_then(|v| v.last()) {
+            return Some(v.limits.clone());
+        }
+        self.parts
+            .table
+            .by_tag(tag)
+            .map(|p| LimitsDto::from(&p.limits))
+    }
+
+    /// The API view of point `ix` in `snap`.
+    fn point_view(&self, snap: &Snapshot, tag: &str) -> Option<PointView> {
+        let p = self.parts.table.by_tag(tag)?;
+        let live = snap.points.get(p.id.index()).filter(|v| v.tag == p.tag);
+        let mut state = PointState::Normal;
+        let rank = |s: PointState| match s {
+            PointState::AlarmUnack => 6,
+            PointState::AlarmAck => 5,
+            PointState::RtnUnack => 4,
+            PointState::Fault => 3,
+            PointState::Shelved => 2,
+            PointState::OutOfService => 1,
+            PointState::Normal => 0,
+        };
+        for a in snap.alarms.iter().filter(|a| a.source == p.tag) {
+            let s = match a.state {
+                EState::Unacknowledged => PointState::AlarmUnack,
+                EState::Acknowledged => PointState::AlarmAck,
+                EState::ReturnedUnacknowledged => PointState::RtnUnack,
+                EState::Shelved | EState::SuppressedByDesign => PointState::Shelved,
+                EState::OutOfService => PointState::OutOfService,
+                EState::Normal => PointState::Normal,
+            };
+            if rank(s) > rank(state) {
+                state = s;
+            }
+        }
+        let quality = live.and_then(|v| v.quality);
+        if quality.is_some_and(|q| !q.is_good()) && rank(PointState::Fault) > rank(state) {
+            state = PointState::Fault;
+        }
+        Some(PointView {
+            tag: p.tag.clone(),
+            name: p.name.clone(),
+            enterprise: p.enterprise.clone(),
+            kind: p.kind,
+            unit: p.unit.symbol().to_string(),
+            value: live.and_then(|v| v.value),
+            quality: quality.map(quality_name).unwrap_or_else(|| "none".into()),
+            source_time_ms: live.and_then(|v| v.source_time).map(ms),
+            receive_time_ms: live.and_then(|v| v.receive_time).map(ms),
+            state,
+            range: [p.range_lo, p.range_hi],
+            limits: self
+                .current_limits(&p.tag)
+                .unwrap_or_else(|| LimitsDto::from(&p.limits)),
+            location: p.location,
+        })
+    }
+
+    fn find_alarm(&self, id: u64) -> Result<EAlarm, BackendError> {
+        self.snapshot()
+            .alarms
+            .iter()
+            .find(|a| alarm_num(&a.alarm) == id)
+            .cloned()
+            .ok_or_else(|| BackendError::NotFound(format!("no active alarm with id {id}")))
+    }
+
+    async fn run(&self, cmd: Command) -> Result<usize, BackendError> {
+        match tokio::time::timeout(ENGINE_TIMEOUT, self.parts.engine.command(cmd)).await {
+            Err(_) => Err(BackendError::Unavailable(
+                "the engine did not answer within 5 s".into(),
+            )),
+            Ok(None) => Err(BackendError::Unavailable(
+                "the engine is not running".into(),
+            )),
+            Ok(Some(r)) => r.map_err(command_error),
+        }
+    }
+
+    fn versions_of(&self, tag: &str) -> Vec<LimitsVersion> {
+        if let Some(v) = lock(&self.shared).versions.get(tag) {
+            return v.clone();
+        }
+        self.parts
+            .table
+            .by_tag(tag)
+            .map(|p| {
+                vec![LimitsVersion {
+                    tag: tag.to_string(),
+                    version: 1,
+                    limits: LimitsDto::from(&p.limits),
+                    changed_by: "config".into(),
+                    changed_ms: 0,
+                    reason: "as configured".into(),
+                }]
+            })
+            .unwrap_or_default()
+    }
+
+    fn journal_alarm_events(&self, from: Timestamp, to: Timestamp) -> Vec<AlarmEvent> {
+        let Some(j) = self.journal() else {
+            return Vec::new();
+        };
+        let f = EventFilter {
+            from: Some(from),
+            to: Some(to),
+            // Every kind: operator actions on alarms may be stored as `operator` records.
+            kind: None,
+            drill: Some(None),
+            limit: Some(200_000),
+            ..Default::default()
+        };
+        j.query(&f)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| parse_alarm(r.payload))
+            .collect()
+    }
+
+    fn render(&self, out: &mut String) {
+        let snap = self.snapshot();
+        let s = snap.stats;
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        counter(
+            "parkguard_engine_readings_total",
+            "Readings evaluated by the engine.",
+            s.readings,
+        );
+        counter(
+            "parkguard_engine_events_total",
+            "Events emitted by the engine.",
+            s.events,
+        );
+        counter(
+            "parkguard_engine_unknown_points_total",
+            "Readings for unknown point ids (dropped).",
+            s.unknown_points,
+        );
+        counter(
+            "parkguard_engine_unit_mismatch_total",
+            "Readings whose unit could not be converted.",
+            s.unit_mismatch,
+        );
+        let mut by = [0u64; 3];
+        for a in snap.alarms.iter().filter(|a| {
+            matches!(
+                a.state,
+                EState::Unacknowledged | EState::Acknowledged | EState::ReturnedUnacknowledged
+            )
+        }) {
+            by[match a.priority {
+                parkguard_rules::Priority::High => 0,
+                parkguard_rules::Priority::Medium => 1,
+                parkguard_rules::Priority::Low => 2,
+            }] += 1;
+        }
+        let _ = writeln!(
+            out,
+            "# HELP parkguard_active_alarms Alarms in alarm or unacknowledged, by priority.\n# TYPE parkguard_active_alarms gauge"
+        );
+        for (p, n) in ["high", "medium", "low"].iter().zip(by) {
+            let _ = writeln!(out, "parkguard_active_alarms{{priority=\"{p}\"}} {n}");
+        }
+        let age = snap
+            .time
+            .map(|t| (now_ms() - ms(t)) as f64 / 1000.0)
+            .unwrap_or(-1.0);
+        let _ = writeln!(
+            out,
+            "# HELP parkguard_engine_snapshot_age_seconds Age of the engine's latest snapshot (-1 before the first).\n# TYPE parkguard_engine_snapshot_age_seconds gauge\nparkguard_engine_snapshot_age_seconds {age}"
+        );
+        if let Some(m) = &self.parts.modbus {
+            let devs = m.snapshot();
+            let series: [Series<parkguard_drivers::modbus::DeviceSnapshot>; 8] = [
+                ("requests", "Modbus requests sent.", |d| d.requests),
+                ("responses", "Modbus responses received.", |d| d.responses),
+                ("exceptions", "Modbus exception responses.", |d| {
+                    d.exceptions
+                }),
+                ("timeouts", "Modbus request timeouts.", |d| d.timeouts),
+                ("io_errors", "Modbus I/O errors.", |d| d.io_errors),
+                ("protocol_errors", "Malformed Modbus responses.", |d| {
+                    d.protocol_errors
+                }),
+                ("connect_failures", "Failed Modbus connects.", |d| {
+                    d.connect_failures
+                }),
+                ("readings", "Readings handed to the engine.", |d| {
+                    d.readings_sent
+                }),
+            ];
+            for (name, help, get) in series {
+                let _ = writeln!(
+                    out,
+                    "# HELP parkguard_modbus_{name}_total {help}\n# TYPE parkguard_modbus_{name}_total counter"
+                );
+                for d in &devs {
+                    let _ = writeln!(
+                        out,
+                        "parkguard_modbus_{name}_total{{device=\"{}\"}} {}",
+                        esc(&d.id),
+                        get(d)
+                    );
+                }
+            }
+            let _ = writeln!(
+                out,
+                "# HELP parkguard_modbus_online Device answering (1) or not (0).\n# TYPE parkguard_modbus_online gauge"
+            );
+            for d in &devs {
+                let _ = writeln!(
+                    out,
+                    "parkguard_modbus_online{{device=\"{}\"}} {}",
+                    esc(&d.id),
+                    u8::from(d.online)
+                );
+            }
+        }
+        if !self.parts.mqtt.is_empty() {
+            let snaps: Vec<_> = self
+                .parts
+                .mqtt
+                .iter()
+                .map(|(b, s)| (esc(b), s.snapshot()))
+                .collect();
+            let series: [Series<parkguard_drivers::mqtt::MqttStatsSnapshot>; 5] = [
+                ("connects", "MQTT connects.", |s| s.connects),
+                (
+                    "connection_errors",
+                    "MQTT connection failures and losses.",
+                    |s| s.connection_errors,
+                ),
+                ("readings", "MQTT readings handed to the engine.", |s| {
+                    s.readings
+                }),
+                (
+                    "rejected",
+                    "MQTT messages rejected (unmapped, bad payload).",
+                    |s| s.rejected,
+                ),
+                (
+                    "out_of_order",
+                    "MQTT readings older than the last one.",
+                    |s| s.out_of_order,
+                ),
+            ];
+            for (name, help, get) in series {
+                let _ = writeln!(
+                    out,
+                    "# HELP parkguard_mqtt_{name}_total {help}\n# TYPE parkguard_mqtt_{name}_total counter"
+                );
+                for (b, s) in &snaps {
+                    let _ = writeln!(
+                        out,
+                        "parkguard_mqtt_{name}_total{{broker=\"{b}\"}} {}",
+                        get(s)
+                    );
+                }
+            }
+            let _ = writeln!(
+                out,
+                "# HELP parkguard_mqtt_connected Connected (1) or not (0).\n# TYPE parkguard_mqtt_connected gauge"
+            );
+            for (b, s) in &snaps {
+                let _ = writeln!(
+                    out,
+                    "parkguard_mqtt_connected{{broker=\"{b}\"}} {}",
+                    u8::from(s.connected)
+                );
+            }
+        }
+    }
+}
+
+/// The alarm event in a journal payload: the engine's [`Event`] or a bare [`AlarmEvent`].
+fn parse_alarm(payload: serde_json::Value) -> Option<AlarmEvent> {
+    match serde_json::from_value::<Event>(payload.clone()) {
+        Ok(Event::Alarm(a)) => Some(a),
+        Ok(Event::Warning(_)) => None,
+        Err(_) => serde_json::from_value(payload).ok(),
+    }
+}
+
+/// The warning event in a journal payload: the engine's [`Event`] or a bare one.
+fn parse_warning(payload: serde_json::Value) -> Option<parkguard_rules::WarningEvent> {
+    match serde_json::from_value::<Event>(payload.clone()) {
+        Ok(Event::Warning(w)) => Some(w),
+        Ok(Event::Alarm(_)) => None,
+        Err(_) => serde_json::from_value(payload).ok(),
+    }
+}
+
+/// One counter family: name suffix, help, how to read it.
+type Series<T> = (&'static str, &'static str, fn(&T) -> u64);
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl ApiBackend for EngineBackend {
+    fn points(&self) -> BoxFut<'_, Result<Vec<PointView>, BackendError>> {
+        Box::pin(async move {
+            let snap = self.snapshot();
+            Ok(self
+                .parts
+                .table
+                .points()
+                .iter()
+                .filter_map(|p| self.point_view(&snap, &p.tag))
+                .collect())
+        })
+    }
+
+    fn point(&self, tag: String) -> BoxFut<'_, Result<PointView, BackendError>> {
+        Box::pin(async move {
+            self.point_view(&self.snapshot(), &tag)
+                .ok_or_else(|| BackendError::NotFound(format!("no point with tag `{tag}`")))
+        })
+    }
+
+    fn point_history(
+        &self,
+        tag: String,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> BoxFut<'_, Result<Vec<Sample>, BackendError>> {
+        Box::pin(async move {
+            let Some(dir) = self.parts.archive_dir.clone() else {
+                return Ok(Vec::new());
+            };
+            let from = Timestamp(from_ms.saturating_mul(1_000_000));
+            let to = Timestamp(to_ms.saturating_mul(1_000_000));
+            tokio::task::spawn_blocking(move || {
+                let reader = crate::store::spool::ArchiveReader::open(&dir)
+                    .map_err(|e| BackendError::Unavailable(format!("archive: {e}")))?
+                    .between(from, to);
+                let mut out = Vec::new();
+                for r in reader {
+                    let r = r.map_err(|e| BackendError::Unavailable(format!("archive: {e}")))?;
+                    if r.point.tag == tag {
+                        out.push(Sample {
+                            t: ms(r.reading.source_time),
+                            v: r.reading.value,
+                            good: r.reading.quality.is_good(),
+                        });
+                        if out.len() >= MAX_SAMPLES {
+                            break;
+                        }
+                    }
+                }
+                out.sort_by_key(|s| s.t);
+                Ok(out)
+            })
+            .await
+            .map_err(|e| BackendError::Unavailable(format!("archive task: {e}")))?
+        })
+    }
+
+    fn alarms_active(&self) -> BoxFut<'_, Result<Vec<AlarmView>, BackendError>> {
+        Box::pin(async move {
+            let snap = self.snapshot();
+            let mut v: Vec<AlarmView> = snap.alarms.iter().map(|a| self.alarm_view(a)).collect();
+            // First alarm of the burst: the earliest unacknowledged one.
+            if let Some(first) = v
+                .iter_mut()
+                .filter(|a| a.state == AlarmState::Unack)
+                .min_by_key(|a| a.raised_ms)
+            {
+                first.first = true;
+            }
+            Ok(v)
+        })
+    }
+
+    fn alarm_history(
+        &self,
+        filter: AlarmFilter,
+    ) -> BoxFut<'_, Result<Vec<AlarmView>, BackendError>> {
+        Box::pin(async move {
+            let Some(j) = self.journal() else {
+                return Ok(Vec::new());
+            };
+            let f = EventFilter {
+                from: filter
+                    .from_ms
+                    .map(|t| Timestamp(t.saturating_mul(1_000_000))),
+                to: filter.to_ms.map(|t| Timestamp(t.saturating_mul(1_000_000))),
+                kind: None,
+                point: filter.point.clone(),
+                enterprise: filter.enterprise.clone(),
+                drill: Some(None),
+                limit: Some(200_000),
+                ..Default::default()
+            };
+            // The newest events (descending), then folded oldest first.
+            let f = EventFilter {
+                descending: true,
+                ..f
+            };
+            let mut recs = j
+                .query(&f)
+                .map_err(|e| BackendError::Unavailable(format!("journal: {e}")))?;
+            recs.reverse();
+            // One row per activation; later events of the same alarm update it.
+            let mut rows: Vec<AlarmView> = Vec::new();
+            let mut open: HashMap<String, usize> = HashMap::new();
+            for r in recs {
+                let Some(a) = parse_alarm(r.payload) else {
+                    continue;
+                };
+                let t = ms(a.time);
+                match a.kind {
+                    EventKind::Activate => {
+                        open.insert(a.alarm.clone(), rows.len());
+                        rows.push(AlarmView {
+                            id: alarm_num(&a.alarm),
+                            point: a.source.clone(),
+                            enterprise: a.enterprise.clone(),
+                            condition: condition_name(a.condition),
+                            priority: priority(a.priority),
+                            state: alarm_state(a.to),
+                            value: a.value.unwrap_or(f64::NAN),
+                            limit: a.limit,
+                            unit: a
+                                .unit
+                                .map(|u| u.symbol().to_string())
+                                .unwrap_or_else(|| self.unit_of(&a.source)),
+                            raised_ms: t,
+                            first: false,
+                            acked_by: None,
+                            acked_ms: None,
+                            comment: a.comment.clone(),
+                            shelved_until_ms: a.shelved_until.map(ms),
+                            cleared_ms: None,
+                            drill: None,
+                        });
+                    }
+                    _ => {
+                        if let Some(&i) = open.get(&a.alarm) {
+                            let row = &mut rows[i];
+                            row.state = alarm_state(a.to);
+                            if a.kind == EventKind::Acknowledge {
+                                row.acked_by = a.user.clone();
+                                row.acked_ms = Some(t);
+                            }
+                            if a.kind == EventKind::Return {
+                                row.cleared_ms = Some(t);
+                            }
+                            if a.comment.is_some() {
+                                row.comment = a.comment.clone();
+                            }
+                            row.shelved_until_ms = a.shelved_until.map(ms);
+                            // Over: later events (e.g. out of service) belong to no row.
+                            if a.to == EState::Normal {
+                                open.remove(&a.alarm);
+                            }
+                        }
+                    }
+                }
+            }
+            let limit = filter.limit.unwrap_or(200).min(5000) as usize;
+            Ok(rows
+                .into_iter()
+                .rev()
+                .filter(|r| filter.priority.is_none_or(|p| p == r.priority))
+                .filter(|r| filter.state.is_none_or(|s| s == r.state))
+                .take(limit)
+                .collect())
+        })
+    }
+
+    fn alarm_command(
+        &self,
+        id: u64,
+        cmd: AlarmCommand,
+        by: Actor,
+    ) -> BoxFut<'_, Result<(AlarmView, AlarmView), BackendError>> {
+        Box::pin(async move {
+            let a = self.find_alarm(id)?;
+            let before = self.alarm_view(&a);
+            let nonempty = |s: String| (!s.trim().is_empty()).then_some(s);
+            let command = match cmd {
+                AlarmCommand::Ack { comment } => Command::Acknowledge {
+                    target: a.alarm.clone(),
+                    user: by.username.clone(),
+                    comment: nonempty(comment),
+                },
+                AlarmCommand::Shelve { duration, reason } => Command::Shelve {
+                    alarm: a.alarm.clone(),
+                    duration,
+                    user: by.username.clone(),
+                    reason,
+                },
+                AlarmCommand::Unshelve { reason } => Command::Unshelve {
+                    alarm: a.alarm.clone(),
+                    user: by.username.clone(),
+                    comment: nonempty(reason),
+                },
+                // 消警: closing acknowledges an alarm whose condition has gone (returned,
+                // unacknowledged) with cause and action as the comment. An alarm whose
+                // condition is still present cannot be closed.
+                AlarmCommand::Close { cause, action } => {
+                    if a.active || a.state != EState::ReturnedUnacknowledged {
+                        return Err(BackendError::Conflict(format!(
+                            "`{}` cannot be closed: its condition is {} and it is {}",
+                            a.alarm,
+                            if a.active { "still present" } else { "gone" },
+                            serde_json::to_value(a.state)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_owned))
+                                .unwrap_or_default()
+                        )));
+                    }
+                    Command::Acknowledge {
+                        target: a.alarm.clone(),
+                        user: by.username.clone(),
+                        comment: Some(format!("cause: {cause}; action: {action}")),
+                    }
+                }
+            };
+            let acknowledges = matches!(command, Command::Acknowledge { .. });
+            self.run(command).await?;
+            if acknowledges {
+                // The pump notes it too from the event; do it now so that the answer and
+                // the next read show who acknowledged, whatever the pump's progress.
+                let mut g = lock(&self.shared);
+                let x = g.extras.entry(a.alarm.clone()).or_default();
+                x.acked_by = Some(by.username.clone());
+                x.acked_ms = Some(now_ms());
+            }
+            let after = self
+                .snapshot()
+                .alarms
+                .iter()
+                .find(|x| x.alarm == a.alarm)
+                .map(|x| self.alarm_view(x))
+                .unwrap_or_else(|| AlarmView {
+                    state: AlarmState::Normal,
+                    ..before.clone()
+                });
+            Ok((before, after))
+        })
+    }
+
+    fn point_command(
+        &self,
+        tag: String,
+        cmd: PointCommand,
+        by: Actor,
+    ) -> BoxFut<'_, Result<(PointView, PointView), BackendError>> {
+        Box::pin(async move {
+            let before = self
+                .point_view(&self.snapshot(), &tag)
+                .ok_or_else(|| BackendError::NotFound(format!("no point with tag `{tag}`")))?;
+            let command = match cmd {
+                PointCommand::OutOfService { reason } => Command::RemoveFromService {
+                    target: tag.clone(),
+                    user: by.username.clone(),
+                    reason,
+                },
+                PointCommand::ReturnToService { reason } => Command::ReturnToService {
+                    target: tag.clone(),
+                    user: by.username.clone(),
+                    comment: (!reason.trim().is_empty()).then_some(reason),
+                },
+            };
+            self.run(command).await?;
+            let after = self
+                .point_view(&self.snapshot(), &tag)
+                .unwrap_or_else(|| before.clone());
+            Ok((before, after))
+        })
+    }
+
+    fn max_shelve(&self) -> Duration {
+        self.parts.engine_config.shelve_max()
+    }
+
+    fn warnings(&self) -> BoxFut<'_, Result<WarningsView, BackendError>> {
+        Box::pin(async move {
+            let snap = self.snapshot();
+            let g = lock(&self.shared);
+            Ok(WarningsView {
+                park: grade(snap.warnings.park),
+                enterprises: snap
+                    .warnings
+                    .enterprises
+                    .iter()
+                    .map(|(code, gr)| {
+                        let meta = g.grades.get(code);
+                        EnterpriseGrade {
+                            code: code.clone(),
+                            grade: grade(*gr),
+                            since_ms: meta.map(|m| m.0),
+                            reason: meta.map(|m| m.1.clone()),
+                        }
+                    })
+                    .collect(),
+            })
+        })
+    }
+
+    fn warning_history(&self, limit: u32) -> BoxFut<'_, Result<Vec<WarningChange>, BackendError>> {
+        Box::pin(async move {
+            let Some(j) = self.journal() else {
+                return Ok(Vec::new());
+            };
+            let f = EventFilter {
+                kind: Some(RecordKind::Warning),
+                drill: Some(None),
+                limit: Some(limit.clamp(1, 5000) as usize),
+                descending: true,
+                ..Default::default()
+            };
+            let recs = j
+                .query(&f)
+                .map_err(|e| BackendError::Unavailable(format!("journal: {e}")))?;
+            Ok(recs
+                .into_iter()
+                .filter_map(|r| parse_warning(r.payload))
+                .map(|w| WarningChange {
+                    scope: match w.scope {
+                        WarningScope::Park => "park".into(),
+                        WarningScope::Enterprise { code } => code,
+                    },
+                    from: grade(w.from),
+                    to: grade(w.to),
+                    at_ms: ms(w.time),
+                    reason: w.reason,
+                })
+                .collect())
+        })
+    }
+
+    fn unmapped(&self) -> BoxFut<'_, Result<Vec<UnmappedEntry>, BackendError>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for (broker, stats) in &self.parts.mqtt {
+                for p in stats.snapshot().problems {
+                    for (reason, count) in &p.counts {
+                        out.push(UnmappedEntry {
+                            source: format!("mqtt:{broker}"),
+                            key: p.topic.clone(),
+                            reason: reason.clone(),
+                            count: *count,
+                            last_ms: 0,
+                            sample: if p.unknown_tags.is_empty() {
+                                p.last_error.chars().take(200).collect()
+                            } else {
+                                format!("unknown tags: {}", p.unknown_tags.join(", "))
+                            },
+                        });
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn limit_versions(&self, tag: String) -> BoxFut<'_, Result<Vec<LimitsVersion>, BackendError>> {
+        Box::pin(async move {
+            let v = self.versions_of(&tag);
+            if v.is_empty() {
+                return Err(BackendError::NotFound(format!("no point with tag `{tag}`")));
+            }
+            Ok(v)
+        })
+    }
+
+    fn set_limits(
+        &self,
+        tag: String,
+        limits: AlarmLimits,
+        expected_version: Option<u32>,
+        reason: String,
+        by: Actor,
+    ) -> BoxFut<'_, Result<(LimitsVersion, LimitsVersion), BackendError>> {
+        Box::pin(async move {
+            let _guard = self.limits_lock.lock().await;
+            let point = self
+                .parts
+                .table
+                .id(&tag)
+                .ok_or_else(|| BackendError::NotFound(format!("no point with tag `{tag}`")))?;
+            let versions = self.versions_of(&tag);
+            let before = versions
+                .last()
+                .cloned()
+                .ok_or_else(|| BackendError::NotFound(format!("no point with tag `{tag}`")))?;
+            if let Some(exp) = expected_version
+                && exp != before.version
+            {
+                return Err(BackendError::Conflict(format!(
+                    "limits of `{tag}` are at version {}, not {exp}: reload and try again",
+                    before.version
+                )));
+            }
+            match tokio::time::timeout(
+                ENGINE_TIMEOUT,
+                self.parts.engine.replace_limits(point, limits.clone()),
+            )
+            .await
+            {
+                Err(_) => {
+                    return Err(BackendError::Unavailable(
+                        "the engine did not answer within 5 s".into(),
+                    ));
+                }
+                Ok(None) => {
+                    return Err(BackendError::Unavailable(
+                        "the engine is not running".into(),
+                    ));
+                }
+                Ok(Some(Err(errs))) => {
+                    return Err(BackendError::Invalid(
+                        errs.iter()
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    ));
+                }
+                Ok(Some(Ok(()))) => {}
+            }
+            let after = LimitsVersion {
+                tag: tag.clone(),
+                version: before.version + 1,
+                limits: LimitsDto::from(&limits),
+                changed_by: by.username,
+                changed_ms: now_ms(),
+                reason,
+            };
+            let mut all = versions;
+            all.push(after.clone());
+            lock(&self.shared).versions.insert(tag, all);
+            Ok((before, after))
+        })
+    }
+
+    fn kpis(&self) -> BoxFut<'_, Result<serde_json::Value, BackendError>> {
+        Box::pin(async move {
+            let to = crate::engine_task::system_now();
+            let from = Timestamp(to.0 - 24 * 3600 * 1_000_000_000);
+            let events = self.journal_alarm_events(Timestamp(i64::MIN / 2), to);
+            let cfg = parkguard_rules::kpi::KpiConfig::default();
+            let report = parkguard_rules::kpi::compute(&events, from, to, &cfg);
+            let bucket = 600_000i64;
+            let start = ms(from).div_euclid(bucket) * bucket;
+            let mut per = vec![0u64; (((ms(to) - start) / bucket) + 1) as usize];
+            for e in events
+                .iter()
+                .filter(|e| e.kind == EventKind::Activate && e.annunciate && e.time.0 >= from.0)
+            {
+                let i = ((ms(e.time) - start) / bucket) as usize;
+                if let Some(n) = per.get_mut(i) {
+                    *n += 1;
+                }
+            }
+            let mut v = serde_json::to_value(&report).unwrap_or(serde_json::json!({}));
+            if let Some(m) = v.as_object_mut() {
+                m.insert(
+                    "alarms_per_10min".into(),
+                    per.iter()
+                        .enumerate()
+                        .map(|(i, n)| serde_json::json!({"t": start + i as i64 * bucket, "n": n}))
+                        .collect(),
+                );
+                m.insert("floods".into(), report.floods.len().into());
+                m.insert(
+                    "chattering".into(),
+                    report
+                        .chattering
+                        .iter()
+                        .map(|(a, n)| serde_json::json!({"alarm": a, "count": n}))
+                        .collect(),
+                );
+                m.insert(
+                    "top10".into(),
+                    report
+                        .top10
+                        .iter()
+                        .map(|(p, n)| serde_json::json!({"point": p, "count": n}))
+                        .collect(),
+                );
+                let [h, me, l] = report.priority_counts;
+                m.insert(
+                    "priority_mix".into(),
+                    serde_json::json!({"high": h, "medium": me, "low": l}),
+                );
+                m.insert("window_hours".into(), 24.into());
+            }
+            Ok(v)
+        })
+    }
+
+    fn readiness(&self) -> BoxFut<'_, Vec<ReadyCheck>> {
+        Box::pin(async move {
+            let mut checks = Vec::new();
+            let alive = !self.parts.engine.requests.is_closed();
+            let snap = self.snapshot();
+            let age = snap.time.map(|t| now_ms() - ms(t));
+            let fresh = match age {
+                Some(a) => a <= SNAPSHOT_FRESH.as_millis() as i64,
+                // Before the first tick: give it a few seconds.
+                None => self.started.elapsed() <= SNAPSHOT_FRESH,
+            };
+            checks.push(ReadyCheck {
+                name: "engine".into(),
+                ok: alive && fresh,
+                detail: if !alive {
+                    "engine task has stopped".into()
+                } else {
+                    match age {
+                        Some(a) => format!("snapshot {:.1} s old", a as f64 / 1000.0),
+                        None => "no snapshot yet".into(),
+                    }
+                },
+            });
+            if let Some(p) = &self.parts.journal_path {
+                let p = p.clone();
+                let res = tokio::task::spawn_blocking(move || {
+                    Journal::open_readonly(&p).and_then(|j| j.schema_version())
+                })
+                .await;
+                let (ok, detail) = match res {
+                    Ok(Ok(v)) => (true, format!("schema version {v}")),
+                    Ok(Err(e)) => (false, e.to_string()),
+                    Err(e) => (false, e.to_string()),
+                };
+                checks.push(ReadyCheck {
+                    name: "journal".into(),
+                    ok,
+                    detail,
+                });
+            }
+            if let Some(m) = &self.parts.modbus {
+                for d in m.snapshot() {
+                    checks.push(ReadyCheck {
+                        name: format!("modbus:{}", d.id),
+                        ok: d.online,
+                        detail: if d.online {
+                            "answering".into()
+                        } else {
+                            "not answering".into()
+                        },
+                    });
+                }
+            }
+            for (b, s) in &self.parts.mqtt {
+                let c = s.snapshot().connected;
+                checks.push(ReadyCheck {
+                    name: format!("mqtt:{b}"),
+                    ok: c,
+                    detail: if c { "connected" } else { "disconnected" }.into(),
+                });
+            }
+            checks
+        })
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        self.render(out);
+    }
+}
+
+/// Forward the engine's events to the SSE hub until `shutdown`: every alarm change as
+/// `alarm`, the point's new state as `point` (unthrottled), warning changes as `warning`,
+/// and new values (from the snapshot, throttled per point by the hub). When the broadcast
+/// lags, the pump republishes every alarm and point state from the snapshot.
+pub async fn pump(
+    backend: Arc<EngineBackend>,
+    hub: Arc<EventHub>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut events = backend.parts.engine.events.subscribe();
+    let mut snaps = backend.parts.engine.snapshot.clone();
+    let mut last_rx: Vec<Option<Timestamp>> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = events.recv() => match ev {
+                Ok(ev) => match &*ev {
+                    Event::Alarm(a) => {
+                        backend.note_event(a);
+                        hub.publish("alarm", &backend.event_view(a));
+                        if a.source_kind == SourceKind::Point
+                            && let Some(pv) = backend.point_view(&backend.snapshot(), &a.source)
+                        {
+                            hub.publish_point_state(&a.source, &pv, Instant::now());
+                        }
+                    }
+                    Event::Warning(w) => {
+                        backend.note_warning(w);
+                        if let Ok(v) = backend.warnings().await {
+                            hub.publish("warning", &v);
+                        }
+                    }
+                },
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "SSE pump lagged behind the engine: resynchronising from the snapshot");
+                    let snap = backend.snapshot();
+                    for a in &snap.alarms {
+                        hub.publish("alarm", &backend.alarm_view(a));
+                    }
+                    let now = Instant::now();
+                    for p in backend.parts.table.points() {
+                        if let Some(pv) = backend.point_view(&snap, &p.tag) {
+                            hub.publish_point_state(&p.tag, &pv, now);
+                        }
+                    }
+                    if let Ok(v) = backend.warnings().await {
+                        hub.publish("warning", &v);
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            },
+            changed = snaps.changed() => {
+                if changed.is_err() {
+                    // The engine task ended; only events (if any) remain.
+                    shutdown.cancelled().await;
+                    return;
+                }
+                let snap = snaps.borrow_and_update().clone();
+                last_rx.resize(snap.points.len(), None);
+                let now = Instant::now();
+                for (i, p) in snap.points.iter().enumerate() {
+                    if p.receive_time != last_rx[i] {
+                        last_rx[i] = p.receive_time;
+                        if let Some(pv) = backend.point_view(&snap, &p.tag) {
+                            hub.publish_point(&p.tag, &pv, now);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+mod tests {
+    use super::*;
+    use crate::api::HubSettings;
+    use crate::engine_task::system_now;
+    use parkguard_rules::engine::Engine;
+    use parkguard_rules::{Gas, Point, PointId, PointKind, Quality, Reading, Unit, WarningEvent};
+    use tokio::sync::{broadcast, mpsc, watch};
+
+    fn table() -> Arc<PointTable> {
+        let p = Point {
+            id: PointId(0),
+            tag: "GT-1".into(),
+            name: "methane".into(),
+            enterprise: "E1".into(),
+            device: None,
+            hazard_installation: None,
+            area: None,
+            kind: PointKind::Combustible,
+            gas: Some(Gas::Ch4),
+            unit: Unit::PercentLel,
+            range_lo: 0.0,
+            range_hi: 100.0,
+            limits: AlarmLimits {
+                h: Some(25.0),
+                hh: Some(50.0),
+                deadband: 2.0,
+                ..Default::default()
+            },
+            expected_interval: Duration::from_secs(10),
+            location: None,
+        };
+        Arc::new(PointTable::new(vec![p]).unwrap())
+    }
+
+    #[test]
+    fn wire_ids_are_stable_and_javascript_safe() {
+        assert_eq!(alarm_num("GT-1:H"), alarm_num("GT-1:H"));
+        assert_ne!(alarm_num("GT-1:H"), alarm_num("GT-1:HH"));
+        assert!(alarm_num("device/GW-1:COMM_LOST") < 1 << 53);
+    }
+
+    #[test]
+    fn refused_commands_map_to_clear_4xx() {
+        let e = command_error(CommandError::UnknownTarget("X".into()));
+        assert!(matches!(e, BackendError::NotFound(_)));
+        let e = command_error(CommandError::ShelveTooLong {
+            alarm: "GT-1:H".into(),
+            requested_s: 9,
+            max_s: 8,
+        });
+        assert!(matches!(e, BackendError::Invalid(m) if m.contains("exceeds the maximum")));
+        let e = command_error(CommandError::NotShelved("GT-1:H".into()));
+        assert!(matches!(e, BackendError::Conflict(_)));
+    }
+
+    /// The pump falls behind the engine's broadcast (more events than it holds arrive
+    /// before the pump runs): it republishes every alarm from the snapshot.
+    #[tokio::test]
+    async fn pump_resynchronises_from_the_snapshot_when_it_lags() {
+        let table = table();
+        let mut engine = Engine::new(table.clone(), EngineConfig::default(), Vec::new());
+        let t = system_now();
+        let mut out = Vec::new();
+        engine.on_readings(
+            &[Reading {
+                point: PointId(0),
+                value: 60.0,
+                unit: Unit::PercentLel,
+                quality: Quality::Good,
+                source_time: t,
+                receive_time: t,
+            }],
+            &mut out,
+        );
+        assert!(out.len() >= 2, "{out:?}");
+        let (req_tx, _req_rx) = mpsc::channel(1);
+        let (ev_tx, _) = broadcast::channel(16);
+        let (_snap_tx, snap_rx) = watch::channel(Arc::new(engine.snapshot()));
+        let parts = BackendParts {
+            engine: EngineHandle {
+                requests: req_tx,
+                events: ev_tx.clone(),
+                snapshot: snap_rx,
+            },
+            table,
+            engine_config: EngineConfig::default(),
+            journal_path: None,
+            archive_dir: None,
+            modbus: None,
+            mqtt: Vec::new(),
+        };
+        let backend = EngineBackend::new(parts);
+        let hub = Arc::new(EventHub::new(HubSettings::default(), 1));
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(pump(backend, hub.clone(), cancel.clone()));
+        while ev_tx.receiver_count() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Forty warning events without yielding (current-thread runtime): the pump's
+        // receiver holds 16, so it lags. The alarms were never sent as events.
+        for i in 0..40 {
+            let w = Event::Warning(WarningEvent {
+                id: 100 + i,
+                scope: WarningScope::Park,
+                from: parkguard_rules::Grade::None,
+                to: parkguard_rules::Grade::Blue,
+                time: t,
+                reason: "test".into(),
+                drill: None,
+            });
+            ev_tx.send(Arc::new(w)).unwrap();
+        }
+        let kinds = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let sub = hub.subscribe(Some(0));
+                let kinds: Vec<(String, String)> = sub
+                    .replay
+                    .iter()
+                    .map(|e| (e.kind.clone(), e.data.clone()))
+                    .collect();
+                if kinds.iter().filter(|(k, _)| k == "warning").count() >= 16 {
+                    return kinds;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        let alarms: Vec<&String> = kinds
+            .iter()
+            .filter(|(k, _)| k == "alarm")
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(alarms.len(), 2, "{kinds:?}");
+        assert!(alarms.iter().any(|d| d.contains("\"condition\":\"hh\"")));
+        assert!(alarms.iter().any(|d| d.contains("\"condition\":\"h\"")));
+        assert!(
+            kinds
+                .iter()
+                .any(|(k, d)| k == "point" && d.contains("\"state\":\"alarm_unack\"")),
+            "{kinds:?}"
+        );
+        cancel.cancel();
+        task.await.unwrap();
+    }
+}
