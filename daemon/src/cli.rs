@@ -83,6 +83,12 @@ pub enum Command {
         #[arg(long)]
         no_mqtt: bool,
     },
+    /// Manage console users (argon2 password hashes in a users file).
+    User {
+        /// What to do.
+        #[command(subcommand)]
+        action: UserAction,
+    },
     /// Run the embedded demo: simulated park, local storage, console in the browser.
     Demo {
         /// Listen address of the console and API.
@@ -94,5 +100,21 @@ pub enum Command {
         /// Print the demo config and exit.
         #[arg(long)]
         print_config: bool,
+    },
+}
+
+/// `parkguard user ...`
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Add a user (the password is read from the PARKGUARD_PASSWORD environment variable or
+    /// from standard input, never from the command line).
+    Add {
+        /// The users file (default of a park: `<data.dir>/users.toml`).
+        #[arg(long)]
+        file: PathBuf,
+        /// User name.
+        name: String,
+        /// Role: viewer, operator, engineer or admin.
+        role: String,
     },
 }

@@ -46,6 +46,7 @@ pub fn run(listen: SocketAddr, data_dir: Option<PathBuf>) -> Result<()> {
             modbus_sim: Some(std::net::SocketAddr::from(([127, 0, 0, 1], sim_port))),
             embedded_broker: Some(std::net::SocketAddr::from(([127, 0, 0, 1], mqtt_port))),
             mqtt_sim: true,
+            demo_users: true,
         },
     )
 }

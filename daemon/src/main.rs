@@ -9,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: LogFormat) {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn"));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -54,6 +54,11 @@ fn main() -> ExitCode {
             init_logging(cli.log_format);
             exit(parkguard::run::simulate(&config, modbus, !no_mqtt))
         }
+        Command::User { action } => match action {
+            parkguard::cli::UserAction::Add { file, name, role } => {
+                exit(add_user(&file, &name, &role))
+            }
+        },
         Command::Demo {
             listen,
             data_dir,
@@ -99,4 +104,22 @@ fn check_config(files: &[std::path::PathBuf]) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+fn add_user(file: &std::path::Path, name: &str, role: &str) -> Result<()> {
+    let role: parkguard::auth::Role = role
+        .parse()
+        .map_err(|e| anyhow::anyhow!("role `{role}`: {e:?}"))?;
+    let password = match std::env::var("PARKGUARD_PASSWORD") {
+        Ok(p) => p,
+        Err(_) => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    parkguard::auth::add_user(file, name, role, &password)
+        .map_err(|e| anyhow::anyhow!("cannot add `{name}`: {e}"))?;
+    println!("added `{name}` ({role:?}) to {}", file.display());
+    Ok(())
 }

@@ -34,6 +34,8 @@ pub struct Extras {
     /// Publish simulated readings of every point without a Modbus device to the first
     /// MQTT broker of the config.
     pub mqtt_sim: bool,
+    /// Create demo users (random passwords, printed at start; demo only).
+    pub demo_users: bool,
 }
 
 /// Run a validated config until SIGTERM/SIGINT.
@@ -101,10 +103,43 @@ pub fn run_config_with(cfg: ParkConfig, extras: Extras) -> Result<()> {
             }
         }
         let running = crate::topology::start(&cfg, shutdown.clone()).await?;
-        info!(summary = %cfg.summary(), data_dir = %cfg.data.dir.display(), "parkguard started");
+        let parts = crate::api::engine_backend::BackendParts {
+            engine: running.engine.clone(),
+            table: std::sync::Arc::clone(&cfg.table),
+            engine_config: cfg.engine.clone(),
+            journal_path: Some(running.journal_path.clone()),
+            archive_dir: Some(running.spool_dir.clone()),
+            modbus: Some(std::sync::Arc::clone(&running.modbus)),
+            mqtt: running.mqtt.clone(),
+        };
+        if extras.demo_users {
+            let path = cfg.api.users_file(&cfg.data.dir);
+            let created = crate::auth::create_demo_users(&path)
+                .map_err(|e| anyhow::anyhow!("cannot create the demo users file {}: {e}", path.display()))?;
+            eprintln!("\n  演示账号 / demo users (demo only; passwords change at every start):");
+            for (name, role, password) in &created {
+                eprintln!("    {name:<9} {role:<9?} {password}");
+            }
+        }
+        let users_file = cfg.api.users_file(&cfg.data.dir);
+        if !users_file.exists() {
+            // No users yet: start with an empty file (nobody can log in; the API still
+            // answers /healthz, /readyz and bearer-less 401s) and say how to add one.
+            std::fs::write(&users_file, "# parkguard users: add with `parkguard user add`\n")
+                .with_context(|| format!("cannot create {}", users_file.display()))?;
+            warn!(file = %users_file.display(), "no users file: created an empty one; add users with `parkguard user add --file FILE NAME ROLE`");
+        }
+        let (addr, api_join) = crate::api::wire::serve(&cfg, parts, shutdown.clone())
+            .await
+            .context("cannot start the HTTP API and console")?;
+        info!(summary = %cfg.summary(), data_dir = %cfg.data.dir.display(), console = %format!("http://{addr}/"), "parkguard started");
+        if extras.demo_users {
+            eprintln!("  控制台 / console: http://{addr}/\n");
+        }
         wait_for_signal(shutdown.clone()).await;
         info!("shutting down");
         running.stop().await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), api_join).await;
         Ok(())
     })
 }

@@ -45,8 +45,8 @@ pub struct Running {
     pub readings: mpsc::Sender<Vec<Reading>>,
     /// Modbus counters per device.
     pub modbus: Arc<ModbusMetrics>,
-    /// MQTT counters per broker.
-    pub mqtt: Vec<Arc<MqttStats>>,
+    /// MQTT counters per broker: (broker id, stats).
+    pub mqtt: Vec<(String, Arc<MqttStats>)>,
     /// Spool counters.
     pub spool: Arc<SpoolStats>,
     /// InfluxDB writer counters, when `[influx]` is configured.
@@ -213,7 +213,7 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
         )
         .with_context(|| format!("cannot start the MQTT subscriber of broker `{}`", broker.id))?;
         tasks.push(task);
-        mqtt_stats.push(stats);
+        mqtt_stats.push((broker.id.clone(), stats));
     }
     tasks.push(spawn_event_log(handle.events.subscribe(), shutdown.clone()));
     info!(

@@ -159,7 +159,8 @@ fn run_stops_cleanly_on_sigterm() {
         .replace(
             "dir = \"parkguard-data\"",
             &format!("dir = {:?}", dir.path().join("data")),
-        );
+        )
+        .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"");
     std::fs::write(&cfg, text).unwrap();
     let child = bin()
         .arg("run")
@@ -314,4 +315,37 @@ fn driver_section_mistakes_are_reported_with_line_and_column() {
         );
     }
     assert!(stderr.contains("3 error(s)"), "{stderr}");
+}
+
+#[test]
+fn user_add_writes_an_argon2_hash_and_refuses_weak_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users.toml");
+    let out = bin()
+        .args(["user", "add", "--file"])
+        .arg(&file)
+        .args(["zhang.wei", "operator"])
+        .env("PARKGUARD_PASSWORD", "control-room-2026!")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("zhang.wei"), "{text}");
+    assert!(text.contains("$argon2"), "{text}");
+    assert!(
+        !text.contains("control-room-2026!"),
+        "never the password itself"
+    );
+    let weak = bin()
+        .args(["user", "add", "--file"])
+        .arg(&file)
+        .args(["li.na", "engineer"])
+        .env("PARKGUARD_PASSWORD", "admin")
+        .output()
+        .unwrap();
+    assert!(!weak.status.success(), "a weak password is refused");
 }
