@@ -83,6 +83,26 @@ pub enum Command {
         #[arg(long)]
         no_mqtt: bool,
     },
+    /// Run a drill offline: a scenario through a separate engine instance (every event
+    /// stamped with the drill id), recorded in the park's journal, with a JSON and HTML
+    /// report. Production channels never receive drill events.
+    Drill {
+        /// The park config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The scenario file (see deploy/scenarios/).
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Drill id (default: drill-<unix seconds>).
+        #[arg(long)]
+        id: Option<String>,
+        /// Speed over real time (1, 10, 60, …); 0 = as fast as possible.
+        #[arg(long, default_value_t = 0.0)]
+        speed: f64,
+        /// Where to write `<id>.json` and `<id>.html`.
+        #[arg(long, default_value = ".")]
+        report_dir: PathBuf,
+    },
     /// Manage console users (argon2 password hashes in a users file).
     User {
         /// What to do.

@@ -54,6 +54,22 @@ fn main() -> ExitCode {
             init_logging(cli.log_format);
             exit(parkguard::run::simulate(&config, modbus, !no_mqtt))
         }
+        Command::Drill {
+            config,
+            scenario,
+            id,
+            speed,
+            report_dir,
+        } => {
+            init_logging(cli.log_format);
+            exit(parkguard::drill::cli::drill(
+                &config,
+                &scenario,
+                id,
+                speed,
+                &report_dir,
+            ))
+        }
         Command::User { action } => match action {
             parkguard::cli::UserAction::Add { file, name, role } => {
                 exit(add_user(&file, &name, &role))

@@ -122,7 +122,15 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
         })
         .collect();
     let report = engine.restore(&restore);
-    let next_id = journal.max_id().context("cannot read the alarm journal")? + 1;
+    // Drills number their events far above the real path (see drill::runner): continue
+    // from the real path's own highest id.
+    let real_max: Option<i64> = journal
+        .connection()
+        .query_row("SELECT MAX(id) FROM events WHERE drill IS NULL", [], |r| {
+            r.get(0)
+        })
+        .context("cannot read the alarm journal")?;
+    let next_id = real_max.unwrap_or(0).max(0) as u64 + 1;
     engine.set_next_event_id(next_id);
     info!(restored = restore.len(), next_event_id = next_id, report = ?report, "alarm states rebuilt from the journal");
 

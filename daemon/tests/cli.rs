@@ -349,3 +349,52 @@ fn user_add_writes_an_argon2_hash_and_refuses_weak_passwords() {
         .unwrap();
     assert!(!weak.status.success(), "a weak password is refused");
 }
+
+#[test]
+fn drill_runs_offline_journals_with_the_drill_id_and_writes_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("park.toml");
+    let text = std::fs::read_to_string(root().join("deploy/examples/demo.toml"))
+        .unwrap()
+        .replace(
+            "dir = \"parkguard-data\"",
+            &format!("dir = {:?}", dir.path().join("data")),
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let out = bin()
+        .args(["drill", "--id", "d-2026-11", "--config"])
+        .arg(&cfg)
+        .arg("--scenario")
+        .arg(root().join("deploy/scenarios/chlorine-release.toml"))
+        .arg("--report-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("d-2026-11.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["drill"], "d-2026-11");
+    assert!(report["kpi"]["alarms"].as_u64().unwrap() >= 4, "{report}");
+    let html = std::fs::read_to_string(dir.path().join("d-2026-11.html")).unwrap();
+    assert!(html.contains("演练 / DRILL"));
+    // Every journalled event of the run carries the drill id.
+    let j =
+        parkguard::store::journal::Journal::open_readonly(&dir.path().join("data/journal.sqlite"))
+            .unwrap();
+    let all = j
+        .query(&parkguard::store::journal::EventFilter {
+            limit: Some(100_000),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(!all.is_empty());
+    assert!(
+        all.iter().all(|r| r.drill.as_deref() == Some("d-2026-11")),
+        "a drill event without its drill id"
+    );
+}
