@@ -70,6 +70,25 @@ w("")
 w("[api]")
 w('listen = "127.0.0.1:8080"')
 w("")
+w("# Process values (T/P/L/F) come from each enterprise's DCS gateway over the park broker;")
+w("# gas detectors are polled over Modbus TCP from each enterprise's GDS controller.")
+w("[[mqtt_broker]]")
+w('id = "park"')
+w('host = "mqtt.yingkou-chem.park.local"')
+w("port = 8883")
+w('username = "parkguard"')
+w('password_file = "/etc/parkguard/mqtt.password"')
+w('tls = { ca_file = "/etc/parkguard/park-ca.pem" }')
+w("")
+w("[[mqtt_subscription]]")
+w('broker = "park"')
+w('topic = "yk/+/dcs/+"')
+w('format = "json"')
+w("tag_segment = 3")
+w('time_field = "ts"')
+w('time_format = "epoch_ms"')
+w('quality_field = "q"')
+w("")
 
 N_ENT = 32
 enterprises = []
@@ -100,6 +119,14 @@ for i in range(N_ENT):
 
 total = 0
 for code, name, clat, clon, hl, hw, gases, key in enterprises:
+    w("[[modbus_device]]")
+    w(f'id = "{code}-GDS"')
+    w(f'transport = {{ kind = "tcp", host = "gds.{code.lower()}.yingkou-chem.park.local", port = 502 }}')
+    w("unit = 1")
+    w("poll_interval_ms = 1000")
+    w("timeout_ms = 800")
+    w("")
+    reg = 0
     n_areas = rng.randint(3, 5)
     areas = rng.sample(AREAS, n_areas)
     n_points = rng.randint(38, 56)
@@ -159,11 +186,16 @@ for code, name, clat, clon, hl, hw, gases, key in enterprises:
         w(f'unit = "{p["unit"]}"')
         lo, hi = p["range"]
         w(f"range = [{lo}, {hi}]")
-        w('interval = "5s"')
+        if p["kind"] not in ("combustible", "toxic", "oxygen"):
+            w('interval = "5s"')
         w(f"area = {q(area)}")
         if p["kind"] in ("combustible", "toxic", "pressure", "level"):
             w(f'hazard_installation = "{hz}"')
         w(f"location = {{ lat = {lat:.5f}, lon = {lon:.5f} }}")
+        if p["kind"] in ("combustible", "toxic", "oxygen"):
+            dec = 2 if hi <= 10 else 1
+            w(f'modbus = {{ device = "{code}-GDS", address = {reg}, type = "i16", decimals = {dec}, fault_below = -1 }}')
+            reg += 1
         if "limits" in p:
             ll, h, hh, l = p["limits"]
             parts = []
