@@ -105,7 +105,29 @@ fn check_config(files: &[std::path::PathBuf]) -> ExitCode {
     let mut bad = 0usize;
     for f in files {
         match config::load_file(f) {
-            Ok(cfg) => println!("{}: ok: {}", f.display(), cfg.summary()),
+            Ok(cfg) => {
+                // The users file of a production park: no demo users, no default passwords.
+                // (Checked when it exists on this machine; `run` refuses to serve without it.)
+                let users = cfg.api.users_file(&cfg.data.dir);
+                let problems = if users.exists() {
+                    parkguard::auth::check_users_file(&users, cfg.park.production)
+                } else {
+                    Vec::new()
+                };
+                if problems.is_empty() {
+                    println!("{}: ok: {}", f.display(), cfg.summary());
+                } else {
+                    for p in &problems {
+                        eprintln!("{p}");
+                    }
+                    eprintln!(
+                        "{}: {} error(s) in the users file",
+                        f.display(),
+                        problems.len()
+                    );
+                    bad += 1;
+                }
+            }
             Err(errors) => {
                 for e in &errors {
                     eprintln!("{e}");

@@ -398,3 +398,28 @@ fn drill_runs_offline_journals_with_the_drill_id_and_writes_its_report() {
         "a drill event without its drill id"
     );
 }
+
+#[test]
+fn check_config_rejects_demo_users_in_a_production_park() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    parkguard::auth::create_demo_users(&data.join("users.toml")).unwrap();
+    let text = std::fs::read_to_string(root().join("deploy/examples/demo.toml"))
+        .unwrap()
+        .replace("dir = \"parkguard-data\"", &format!("dir = {:?}", data))
+        .replace(
+            "timezone = \"Asia/Shanghai\"",
+            "timezone = \"Asia/Shanghai\"\nproduction = true",
+        );
+    let cfg = dir.path().join("park.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = bin().arg("check-config").arg(&cfg).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("users file"));
+}
