@@ -48,5 +48,9 @@ fi
 export PARKGUARD_VENV="$venv"
 
 # --- the tests -------------------------------------------------------------------------
+# A one-off build gains nothing from incremental caches; they doubled the size of target/.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+avail_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+say "free disk here: $((avail_kb / 1024)) MiB (a full test build needs about 6 GiB)"
 say "cargo test --workspace $*"
 exec cargo test --workspace "$@"

@@ -140,7 +140,9 @@ async fn operator_flow_in_headless_chromium() -> Result<()> {
     let profile = chromium::profile_dir(&driver, "operator")?;
     let caps = chromium::capabilities(&profile, 1400, 900);
     let caps = caps.as_object().cloned().context("capabilities object")?;
-    let c = ClientBuilder::rustls()?
+    // Plain HTTP: chromedriver listens on loopback only.
+    let http = hyper_util::client::legacy::connect::HttpConnector::new();
+    let c = ClientBuilder::new(http)
         .capabilities(caps)
         .connect(&format!("http://127.0.0.1:{}", driver.port))
         .await

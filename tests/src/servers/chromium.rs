@@ -16,9 +16,6 @@ pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// Start `chromedriver` on a free port, PID-checked. Connect WebDriver clients to
 /// `http://127.0.0.1:PORT` and request sessions with [`capabilities`].
 pub fn start() -> Result<Server> {
-    // The WebDriver client (fantoccini → hyper-rustls) needs a process-wide rustls crypto
-    // provider; the workspace builds rustls with ring only (no aws-lc), so install it here.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::Builder::new()
         .prefix("pg-chromedriver-")
         .tempdir()?;
