@@ -47,6 +47,14 @@ if ! "$venv/bin/python3" -c "import pymodbus, serial, sys; sys.exit(0 if pymodbu
 fi
 export PARKGUARD_VENV="$venv"
 
+# --- cargo-deb (daemon/tests/deploy.rs builds and installs the Debian package) ----------
+# Only when missing: 3–6 minutes of build on 2 cores, once per machine.
+CARGO_DEB_VERSION=3.8.0
+if ! cargo deb --version >/dev/null 2>&1; then
+  say "installing cargo-deb $CARGO_DEB_VERSION from crates.io"
+  cargo install -q --locked cargo-deb --version "$CARGO_DEB_VERSION"
+fi
+
 # --- the tests -------------------------------------------------------------------------
 # A one-off build gains nothing from incremental caches; they doubled the size of target/.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
