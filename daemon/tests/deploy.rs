@@ -240,7 +240,25 @@ fn debian_package_builds_and_installs_into_a_temp_root() {
         listed.lines().any(|l| l == "/usr/bin/parkguard"),
         "{listed}"
     );
-    assert!(r.join(unit.trim_start_matches('/')).exists());
+    // The installed unit runs the installed binary and points at installed documentation.
+    let unit_text = std::fs::read_to_string(r.join(unit.trim_start_matches('/'))).unwrap();
+    assert!(
+        unit_text.contains("ExecStart=/usr/bin/parkguard "),
+        "{unit_text}"
+    );
+    let docs: Vec<&str> = unit_text
+        .lines()
+        .filter_map(|l| l.strip_prefix("Documentation="))
+        .flat_map(str::split_whitespace)
+        .filter_map(|d| d.strip_prefix("file://"))
+        .collect();
+    assert!(!docs.is_empty(), "{unit_text}");
+    for d in docs {
+        assert!(
+            r.join(d.trim_start_matches('/')).exists(),
+            "{d} is not installed"
+        );
+    }
 
     // The installed binary is this test build, byte for byte.
     let installed = r.join("usr/bin/parkguard");
