@@ -182,6 +182,12 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
         tasks.extend(workers);
         Some(linkage)
     };
+    if linkage.is_some() && !cfg.escalations.is_empty() {
+        tasks.push(crate::linkage::wire::spawn_escalation_ticker(
+            journal_tx.clone(),
+            shutdown.clone(),
+        ));
+    }
     threads.push(spawn_journal_writer(journal, journal_rx, linkage)?);
     let (engine_tx, engine_rx) = mpsc::channel::<Vec<Reading>>(READINGS_CAPACITY);
     let (handle, engine_join) = engine_task::spawn(
@@ -210,6 +216,10 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
     ));
     let mut mqtt_stats = Vec::new();
     for broker in &cfg.mqtt_brokers {
+        if !cfg.mqtt_subscriptions.iter().any(|s| s.broker == broker.id) {
+            // A broker used only by an MQTT notification channel: nothing to subscribe.
+            continue;
+        }
         let stats = Arc::new(MqttStats::default());
         let task = mqtt::spawn_subscriber(
             broker.clone(),
@@ -258,6 +268,14 @@ fn spawn_journal_writer(
         .name("journal".into())
         .spawn(move || {
             while let Some(batch) = rx.blocking_recv() {
+                // An empty batch is the escalation tick: journal only when a step is due.
+                if batch.is_empty()
+                    && !linkage
+                        .as_ref()
+                        .is_some_and(|l| l.escalation_due(engine_task::system_now()))
+                {
+                    continue;
+                }
                 let records: Vec<JournalRecord> = batch.iter().map(record_of).collect();
                 let mut pause = Duration::from_millis(100);
                 loop {

@@ -450,6 +450,20 @@ pub trait ApiBackend: Send + Sync + 'static {
     /// `floods: n`, `chattering: [..]` (length shown), `top10: [{point, count}]`,
     /// `priority_mix: {high, medium, low}`; other keys are passed through.
     fn kpis(&self) -> BoxFut<'_, Result<serde_json::Value, BackendError>>;
+    /// Linkage delivery status of one alarm: `{alarm, deliveries: [{event_id, channel,
+    /// status, attempts, next_attempt_ms, last_error, delivered_at_ms, batch, receipt}],
+    /// escalation: [{id, step, repeat, scheduled_ns, channels, label}]}`. Default: the
+    /// backend has no linkage (empty lists).
+    fn deliveries(&self, id: u64) -> BoxFut<'_, Result<serde_json::Value, BackendError>> {
+        Box::pin(async move {
+            Ok(serde_json::json!({ "alarm_id": id, "deliveries": [], "escalation": [] }))
+        })
+    }
+    /// Backlog per linkage channel: `{channels: [{channel, pending, delivered, failed,
+    /// oldest_pending_ms}]}`. Default: none.
+    fn outbox(&self) -> BoxFut<'_, Result<serde_json::Value, BackendError>> {
+        Box::pin(async move { Ok(serde_json::json!({ "channels": [] })) })
+    }
     /// Readiness: drivers connected, engine running, spool writable.
     fn readiness(&self) -> BoxFut<'_, Vec<ReadyCheck>>;
     /// Append the backend's Prometheus metrics (text format) to `out`.

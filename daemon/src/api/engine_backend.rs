@@ -1085,6 +1085,57 @@ impl ApiBackend for EngineBackend {
         })
     }
 
+    fn deliveries(&self, id: u64) -> BoxFut<'_, Result<serde_json::Value, BackendError>> {
+        Box::pin(async move {
+            use crate::linkage::{escalation_log, outbox};
+            let empty = serde_json::json!({ "alarm_id": id, "deliveries": [], "escalation": [] });
+            let Some(j) = self.journal() else {
+                return Ok(empty);
+            };
+            let conn = j.connection();
+            let failed = |e: &dyn std::fmt::Display| {
+                BackendError::Unavailable(format!("cannot read the outbox: {e}"))
+            };
+            if !outbox::exists(conn).map_err(|e| failed(&e))? {
+                return Ok(empty);
+            }
+            let Some(alarm) = outbox::alarm_ids(conn)
+                .map_err(|e| failed(&e))?
+                .into_iter()
+                .find(|a| alarm_num(a) == id)
+            else {
+                return Ok(empty);
+            };
+            let rows = outbox::alarm_rows(conn, &alarm).map_err(|e| failed(&e))?;
+            // The escalation tables exist only once a daemon with linkage started.
+            let steps = escalation_log::steps(conn, &alarm).unwrap_or_default();
+            Ok(serde_json::json!({
+                "alarm_id": id,
+                "alarm": alarm,
+                "deliveries": rows,
+                "escalation": steps,
+            }))
+        })
+    }
+
+    fn outbox(&self) -> BoxFut<'_, Result<serde_json::Value, BackendError>> {
+        Box::pin(async move {
+            use crate::linkage::outbox;
+            let Some(j) = self.journal() else {
+                return Ok(serde_json::json!({ "channels": [] }));
+            };
+            let conn = j.connection();
+            let failed = |e: &dyn std::fmt::Display| {
+                BackendError::Unavailable(format!("cannot read the outbox: {e}"))
+            };
+            if !outbox::exists(conn).map_err(|e| failed(&e))? {
+                return Ok(serde_json::json!({ "channels": [] }));
+            }
+            let channels = outbox::channel_summaries(conn).map_err(|e| failed(&e))?;
+            Ok(serde_json::json!({ "channels": channels }))
+        })
+    }
+
     fn kpis(&self) -> BoxFut<'_, Result<serde_json::Value, BackendError>> {
         Box::pin(async move {
             let to = crate::engine_task::system_now();

@@ -585,6 +585,17 @@ pub(super) async fn close(
     alarm_cmd(st, p, ext, id, cmd, "alarm.close", &reason).await
 }
 
+pub(super) async fn deliveries(
+    State(st): State<AppState>,
+    P(id): P<u64>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(st.backend.deliveries(id).await?))
+}
+
+pub(super) async fn outbox(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(st.backend.outbox().await?))
+}
+
 // ---------------------------------------------------------------- warnings, unmapped, kpis
 
 pub(super) async fn warnings(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {

@@ -250,6 +250,13 @@ pub fn route_table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             post(h::unshelve),
         ),
         r(Method::POST, "/api/v1/alarms/{id}/close", o, post(h::close)),
+        r(
+            Method::GET,
+            "/api/v1/alarms/{id}/deliveries",
+            v,
+            get(h::deliveries),
+        ),
+        r(Method::GET, "/api/v1/outbox", v, get(h::outbox)),
         // warnings, unmapped, KPIs
         r(Method::GET, "/api/v1/warnings", v, get(h::warnings)),
         r(

@@ -468,7 +468,19 @@ pub(super) fn validate(
             );
             continue;
         }
-        let errs = c.validate();
+        let mut errs = c.validate();
+        if let parkguard_drivers::notify::ChannelConfig::Mqtt(m) = c
+            && !m.broker.trim().is_empty()
+            && !broker_ids.contains(&m.broker)
+        {
+            errs.push(parkguard_rules::FieldError::new(
+                "broker",
+                format!(
+                    "unknown broker `{}`: define it in an [[mqtt_broker]] table",
+                    m.broker
+                ),
+            ));
+        }
         for fe in &errs {
             cx.at(item.span_of(&fe.field), fe.message.clone());
         }

@@ -17,9 +17,13 @@
 //! `escalator.on_event(alarm, event, policy, now)`; each [`escalate::Due`] is journaled as
 //! an escalation event of its own (new event id, so its idempotency key is fresh) and
 //! queued for its channels through `router.admit`. An acknowledgement calls `on_ack`.
+//! - [`escalation_log`]: the escalations and their steps in the journal database, so a
+//!   restart resumes them ([`wire::Linkage`] does all of the above in the journal
+//!   transaction; the journal thread ticks it every second).
 
 pub mod close;
 pub mod escalate;
+pub mod escalation_log;
 pub mod group;
 pub mod outbox;
 pub mod route;

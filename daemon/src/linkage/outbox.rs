@@ -235,6 +235,33 @@ pub fn status(conn: &Connection, event_id: u64) -> Result<Vec<DeliveryStatus>, O
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Every row of one alarm (all its events, every channel), by event then channel.
+pub fn alarm_rows(conn: &Connection, alarm_id: &str) -> Result<Vec<DeliveryStatus>, OutboxError> {
+    let mut st = conn.prepare(&format!(
+        "SELECT {STATUS_COLS} FROM outbox WHERE alarm_id = ?1 ORDER BY event_id, channel"
+    ))?;
+    let rows = st.query_map([alarm_id], row_status)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Every alarm id with outbox rows (the API maps its numeric alarm ids onto them).
+pub fn alarm_ids(conn: &Connection) -> Result<Vec<String>, OutboxError> {
+    let mut st = conn.prepare("SELECT DISTINCT alarm_id FROM outbox")?;
+    let rows = st.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Whether the outbox table exists in this database (it does once linkage has run).
+pub fn exists(conn: &Connection) -> Result<bool, OutboxError> {
+    Ok(conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'outbox'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)?)
+}
+
 /// Every row of a channel in queue order (for the console and tests).
 pub fn channel_rows(conn: &Connection, channel: &str) -> Result<Vec<DeliveryStatus>, OutboxError> {
     let mut st = conn.prepare(&format!(

@@ -33,7 +33,8 @@ pub struct RouteConfig {
     #[serde(default)]
     pub min_priority: Option<Priority>,
     /// Lowest warning grade routed (`blue` < `yellow` < `orange` < `red`); when set,
-    /// notifications without a grade do not match. Default: not checked.
+    /// alarm notifications (no grade) do not match, the end of a warning does. Default:
+    /// not checked.
     #[serde(default)]
     pub min_grade: Option<WarningGrade>,
     /// Channel names (`[[channel]]` `name`) to deliver to. Required, non-empty.
@@ -115,9 +116,10 @@ impl Route {
             && (self.areas.is_empty() || n.area.as_ref().is_some_and(|a| self.areas.contains(a)))
             && (self.kinds.is_empty() || self.kinds.contains(&n.kind))
             && self.min_priority.is_none_or(|p| n.priority >= p)
-            && self
-                .min_grade
-                .is_none_or(|g| n.grade.is_some_and(|have| have >= g))
+            && self.min_grade.is_none_or(|g| {
+                // The end of a warning (no grade) reaches every route that takes warnings.
+                n.grade.map_or(n.condition == "WARNING", |have| have >= g)
+            })
     }
 }
 

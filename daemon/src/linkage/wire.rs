@@ -10,20 +10,22 @@
 //! marked `drill = true`. Escalation timers (T1, T2, …) are validated in the config but not
 //! yet ticked by the daemon: that is still to do.
 
+use super::escalate::{Due, Escalator, Policy};
+use super::escalation_log;
 use super::outbox::{self, WorkerConfig};
 use super::route::Router;
 use parkguard_drivers::notify::{self, Channel, Notification, WarningGrade};
-use parkguard_rules::alarm::{AlarmEvent, EventKind, Priority};
+use parkguard_rules::alarm::{AlarmEvent, AlarmState, EventKind, Priority};
 use parkguard_rules::engine::Event;
 use parkguard_rules::warning::{Grade, WarningEvent, WarningScope};
 use parkguard_rules::{PointKind, PointTable, Timestamp};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 /// Everything the journal thread needs to queue notifications.
 pub struct Linkage {
@@ -35,6 +37,24 @@ pub struct Linkage {
     pub table: Arc<PointTable>,
     /// Enterprise names by code.
     pub enterprise_names: HashMap<String, String>,
+    /// Escalation: the committed state and the one of the transaction in flight (taken
+    /// over by [`Linkage::wake`] after the commit, dropped if the transaction fails and is
+    /// retried, so a failed commit neither loses nor doubles a step).
+    escalation: Mutex<EscalationState>,
+    policies: HashMap<String, Policy>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Escalating {
+    escalator: Escalator,
+    /// Alarm id → (policy, the raise's notification).
+    bases: HashMap<String, (String, Notification)>,
+}
+
+#[derive(Debug, Default)]
+struct EscalationState {
+    committed: Escalating,
+    pending: Option<Escalating>,
 }
 
 /// Build the channels (reading their secrets), start one outbox worker per channel on the
@@ -44,16 +64,16 @@ pub fn start(
     journal_path: PathBuf,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Linkage, Vec<JoinHandle<()>>)> {
-    // The outbox tables live in the journal database.
-    let conn = outbox::open(&journal_path).map_err(|e| {
-        anyhow::anyhow!("cannot open the outbox in {}: {e}", journal_path.display())
-    })?;
-    drop(conn);
     let mut flags = std::collections::BTreeMap::new();
     let mut wake = HashMap::new();
     let mut tasks = Vec::new();
+    let env = notify::ChannelEnv {
+        park: cfg.park.id.clone(),
+        mqtt_brokers: cfg.mqtt_brokers.clone(),
+        shutdown: shutdown.clone(),
+    };
     for c in &cfg.channels {
-        let channel = Channel::build(c).map_err(|es| {
+        let channel = Channel::build_with(c, &env).map_err(|es| {
             anyhow::anyhow!(
                 "channel `{}`: {}",
                 c.name(),
@@ -95,28 +115,100 @@ pub fn start(
         .iter()
         .map(|e| (e.code.clone(), e.name.clone()))
         .collect();
-    Ok((
-        Linkage {
-            router: Router::new(cfg.routes.clone(), flags),
-            wake,
-            table: Arc::clone(&cfg.table),
-            enterprise_names,
-        },
-        tasks,
-    ))
+    let linkage = Linkage::new(
+        Router::new(cfg.routes.clone(), flags),
+        cfg.escalations.clone(),
+        wake,
+        Arc::clone(&cfg.table),
+        enterprise_names,
+        &journal_path,
+    )?;
+    Ok((linkage, tasks))
+}
+
+fn db_err(e: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(e.to_string())))
 }
 
 impl Linkage {
-    /// Queue the notifications of `events` inside the journal's transaction. Returns the
-    /// channels to wake after the commit.
+    /// A linkage over validated routes and policies; resumes the escalations stored in the
+    /// journal database at `journal_path` (creating the outbox and escalation tables).
+    pub fn new(
+        router: Router,
+        policies: Vec<Policy>,
+        wake: HashMap<String, Arc<Notify>>,
+        table: Arc<PointTable>,
+        enterprise_names: HashMap<String, String>,
+        journal_path: &std::path::Path,
+    ) -> anyhow::Result<Linkage> {
+        let conn = outbox::open(journal_path).map_err(|e| {
+            anyhow::anyhow!("cannot open the outbox in {}: {e}", journal_path.display())
+        })?;
+        escalation_log::init_schema(&conn)
+            .and_then(|()| escalation_log::load(&conn))
+            .map_err(|e| anyhow::anyhow!("cannot read the escalations: {e}"))
+            .map(|stored| {
+                let mut esc = Escalating {
+                    escalator: Escalator::new(policies.clone()),
+                    bases: HashMap::new(),
+                };
+                for a in stored {
+                    match esc.escalator.resume(
+                        &a.alarm_id,
+                        a.event_id,
+                        &a.policy,
+                        a.raised_at,
+                        a.levels_sent,
+                        a.last_sent,
+                    ) {
+                        Ok(()) => {
+                            esc.bases.insert(a.alarm_id.clone(), (a.policy, a.base));
+                        }
+                        Err(e) => {
+                            warn!(alarm = %a.alarm_id, error = %e, "stored escalation not resumed")
+                        }
+                    }
+                }
+                Linkage {
+                    router,
+                    wake,
+                    table,
+                    enterprise_names,
+                    escalation: Mutex::new(EscalationState {
+                        committed: esc,
+                        pending: None,
+                    }),
+                    policies: policies.into_iter().map(|p| (p.name.clone(), p)).collect(),
+                }
+            })
+    }
+
+    /// Queue the notifications of `events` inside the journal's transaction, start and stop
+    /// escalations, and queue every escalation step due at `now` (the journal's clock).
+    /// Returns the channels to wake after the commit; call [`Linkage::wake`] only after
+    /// the commit succeeded. Called with no events, it only ticks the escalations.
     pub fn enqueue(
         &self,
         tx: &rusqlite::Transaction<'_>,
         events: &[Event],
         now: Timestamp,
     ) -> rusqlite::Result<Vec<String>> {
+        let mut state = self.escalation.lock().unwrap_or_else(|e| e.into_inner());
+        // Work on a copy: it becomes the committed state only after the commit.
+        let mut esc = state.committed.clone();
         let mut woken = Vec::new();
         for ev in events {
+            if let Event::Alarm(a) = ev
+                && a.drill.is_none()
+                && !matches!(
+                    a.to,
+                    AlarmState::Unacknowledged | AlarmState::ReturnedUnacknowledged
+                )
+                && esc.escalator.on_ack(&a.alarm)
+            {
+                esc.bases.remove(&a.alarm);
+                escalation_log::stop(tx, &a.alarm)?;
+            }
             let Some(n) = self.notification_of(ev) else {
                 continue;
             };
@@ -124,24 +216,126 @@ impl Linkage {
             for refused in &routed.refused {
                 warn!(event = n.event_id, refused = ?refused, "notification refused by the router");
             }
-            for a in routed.channels {
-                match outbox::enqueue(tx, &a, &n, now) {
-                    Ok(_) => woken.push(a.channel().to_string()),
-                    Err(e) => {
-                        return Err(rusqlite::Error::ToSqlConversionFailure(Box::new(
-                            std::io::Error::other(e.to_string()),
-                        )));
-                    }
-                }
+            for a in &routed.channels {
+                outbox::enqueue(tx, a, &n, now).map_err(db_err)?;
+                woken.push(a.channel().to_string());
+            }
+            // Escalate unacknowledged real alarms (drills: not yet; their ids would share
+            // the escalator's alarm keys with the real path).
+            if let (Event::Alarm(a), Some(policy)) = (ev, routed.escalations.first())
+                && a.drill.is_none()
+                && a.to == AlarmState::Unacknowledged
+                && !esc.bases.contains_key(&a.alarm)
+            {
+                let due = esc
+                    .escalator
+                    .on_event(&a.alarm, n.event_id, policy, now)
+                    .map_err(db_err)?;
+                escalation_log::start(
+                    tx,
+                    &escalation_log::Active {
+                        alarm_id: a.alarm.clone(),
+                        policy: policy.clone(),
+                        event_id: n.event_id,
+                        raised_at: now,
+                        levels_sent: 0,
+                        last_sent: now,
+                        base: n.clone(),
+                    },
+                )?;
+                esc.bases
+                    .insert(a.alarm.clone(), (policy.clone(), n.clone()));
+                self.queue_steps(tx, &esc, due, now, &mut woken)?;
             }
         }
+        let due = esc.escalator.on_tick(now);
+        self.queue_steps(tx, &esc, due, now, &mut woken)?;
+        state.pending = Some(esc);
         woken.sort();
         woken.dedup();
         Ok(woken)
     }
 
-    /// Wake the workers of these channels (after the commit).
+    /// Journal and queue escalation steps.
+    fn queue_steps(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        esc: &Escalating,
+        due: Vec<Due>,
+        now: Timestamp,
+        woken: &mut Vec<String>,
+    ) -> rusqlite::Result<()> {
+        for d in due {
+            let Some((policy, base)) = esc.bases.get(&d.alarm_id) else {
+                continue;
+            };
+            let label = self
+                .policies
+                .get(policy)
+                .and_then(|p| p.steps.get(d.step))
+                .map(|s| s.label.clone())
+                .unwrap_or_default();
+            let id = escalation_log::record_step(
+                tx,
+                &escalation_log::StepRecord {
+                    id: 0,
+                    alarm_id: d.alarm_id.clone(),
+                    event_id: d.event_id,
+                    policy: policy.clone(),
+                    step: d.step,
+                    repeat: d.repeat,
+                    scheduled_ns: d.scheduled.nanos(),
+                    channels: d.channels.clone(),
+                    label: label.clone(),
+                },
+            )?;
+            let n = step_notification(base, id, &d, &label);
+            info!(alarm = %d.alarm_id, step = d.step + 1, repeat = d.repeat, id, channels = ?d.channels, "escalation step");
+            for c in &d.channels {
+                match self.router.admit(&n, c) {
+                    Ok(a) => {
+                        outbox::enqueue(tx, &a, &n, now).map_err(db_err)?;
+                        woken.push(c.clone());
+                    }
+                    Err(e) => {
+                        warn!(alarm = %d.alarm_id, channel = %c, error = %e, "escalation step refused")
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an escalation step is due at `now` (the journal thread ticks only then).
+    pub fn escalation_due(&self, now: Timestamp) -> bool {
+        let state = self.escalation.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .committed
+            .escalator
+            .next_deadline()
+            .is_some_and(|t| t <= now)
+    }
+
+    /// Alarms currently escalating.
+    pub fn escalating(&self) -> Vec<String> {
+        let state = self.escalation.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .committed
+            .escalator
+            .active()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The transaction committed: keep its escalation state and wake the workers of these
+    /// channels.
     pub fn wake(&self, channels: &[String]) {
+        {
+            let mut state = self.escalation.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = state.pending.take() {
+                state.committed = p;
+            }
+        }
         for c in channels {
             if let Some(n) = self.wake.get(c) {
                 n.notify_one();
@@ -154,7 +348,7 @@ impl Linkage {
         match ev {
             Event::Alarm(a) if a.annunciate => Some(self.alarm_notification(a)),
             Event::Alarm(_) => None,
-            Event::Warning(w) if w.to != Grade::None => Some(self.warning_notification(w)),
+            Event::Warning(w) if w.to != w.from => Some(self.warning_notification(w)),
             Event::Warning(_) => None,
         }
     }
@@ -235,12 +429,16 @@ impl Linkage {
                     .unwrap_or_else(|| code.clone()),
             ),
         };
-        let grade = match w.to {
-            Grade::Blue => WarningGrade::Blue,
-            Grade::Yellow => WarningGrade::Yellow,
-            Grade::Orange => WarningGrade::Orange,
-            Grade::Red | Grade::None => WarningGrade::Red,
+        let grade_of = |g: Grade| match g {
+            Grade::Blue => Some(WarningGrade::Blue),
+            Grade::Yellow => Some(WarningGrade::Yellow),
+            Grade::Orange => Some(WarningGrade::Orange),
+            Grade::Red => Some(WarningGrade::Red),
+            Grade::None => None,
         };
+        let grade = grade_of(w.to);
+        // A clear keeps the priority of the grade it ends, so it reaches whoever was told.
+        let loudest = grade.or(grade_of(w.from));
         let drill_zh = if w.drill.is_some() {
             "【演练】"
         } else {
@@ -258,7 +456,7 @@ impl Linkage {
             tag: format!("warning/{code}"),
             point_name: name.clone(),
             condition: "WARNING".into(),
-            priority: if grade >= WarningGrade::Orange {
+            priority: if loudest >= Some(WarningGrade::Orange) {
                 notify::Priority::Critical
             } else {
                 notify::Priority::High
@@ -268,13 +466,75 @@ impl Linkage {
             unit: String::new(),
             limit: None,
             time: w.time,
-            grade: Some(grade),
-            message_zh: format!("{drill_zh}{name} {}：{}", grade.label_zh(), w.reason),
-            message_en: format!(
-                "{drill_en}{code} warning {}: {}",
-                grade.label_en(),
-                w.reason
-            ),
+            grade,
+            message_zh: match grade {
+                Some(g) => format!("{drill_zh}{name} {}：{}", g.label_zh(), w.reason),
+                None => format!("{drill_zh}{name} 预警解除：{}", w.reason),
+            },
+            message_en: match grade {
+                Some(g) => format!("{drill_en}{code} warning {}: {}", g.label_en(), w.reason),
+                None => format!("{drill_en}{code} warning cleared: {}", w.reason),
+            },
         }
     }
+}
+
+/// Tick the escalations every second: an empty batch on the journal channel (the journal
+/// thread journals and queues whatever step is due at the engine's clock).
+///
+/// Back-pressure: `try_send`; when the journal channel is full the tick is skipped (the
+/// journal is busy with events, and every batch it journals also ticks).
+pub fn spawn_escalation_ticker(
+    journal: tokio::sync::mpsc::Sender<Vec<Event>>,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = every.tick() => {
+                    if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) =
+                        journal.try_send(Vec::new())
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// The notification of an escalation step: the raise's notification under the step's own
+/// id, its text prefixed with the level (`【升级 第2级 园区应急管理局值班室】` /
+/// `[escalation level 2: …]`, `重复` / `repeat` for a repeat).
+pub fn step_notification(base: &Notification, id: u64, d: &Due, label: &str) -> Notification {
+    let mut n = base.clone();
+    n.event_id = id;
+    let level = d.step + 1;
+    let (rep_zh, rep_en) = if d.repeat {
+        ("重复", "repeat, ")
+    } else {
+        ("", "")
+    };
+    let who_zh = if label.is_empty() {
+        String::new()
+    } else {
+        format!(" {label}")
+    };
+    let who_en = if label.is_empty() {
+        String::new()
+    } else {
+        format!(": {label}")
+    };
+    n.message_zh = format!(
+        "【{rep_zh}升级 第{level}级{who_zh}】未确认报警：{}",
+        base.message_zh
+    );
+    n.message_en = format!(
+        "[{rep_en}escalation level {level}{who_en}] unacknowledged: {}",
+        base.message_en
+    );
+    n
 }

@@ -34,6 +34,8 @@ pub enum ChannelConfig {
     Dingtalk(DingTalkConfig),
     /// Upstream government platform: appId/appSecret, SM4-CBC encrypted body.
     Upstream(UpstreamConfig),
+    /// MQTT: one JSON message per event, QoS 1, warnings retained (current state).
+    Mqtt(MqttChannelConfig),
 }
 
 impl ChannelConfig {
@@ -44,6 +46,7 @@ impl ChannelConfig {
             ChannelConfig::Wecom(c) => &c.name,
             ChannelConfig::Dingtalk(c) => &c.name,
             ChannelConfig::Upstream(c) => &c.name,
+            ChannelConfig::Mqtt(c) => &c.name,
         }
     }
     /// Whether the channel is a drill channel (receives drill events, and only then).
@@ -53,15 +56,17 @@ impl ChannelConfig {
             ChannelConfig::Wecom(c) => c.drill,
             ChannelConfig::Dingtalk(c) => c.drill,
             ChannelConfig::Upstream(c) => c.drill,
+            ChannelConfig::Mqtt(c) => c.drill,
         }
     }
-    /// `"webhook"`, `"wecom"`, `"dingtalk"`, `"upstream"`.
+    /// `"webhook"`, `"wecom"`, `"dingtalk"`, `"upstream"`, `"mqtt"`.
     pub fn kind(&self) -> &'static str {
         match self {
             ChannelConfig::Webhook(_) => "webhook",
             ChannelConfig::Wecom(_) => "wecom",
             ChannelConfig::Dingtalk(_) => "dingtalk",
             ChannelConfig::Upstream(_) => "upstream",
+            ChannelConfig::Mqtt(_) => "mqtt",
         }
     }
     /// Pure validation: every error, with the field path inside the table.
@@ -120,6 +125,21 @@ impl ChannelConfig {
                 }
                 (&c.name, c.timeout_ms)
             }
+            ChannelConfig::Mqtt(c) => {
+                if c.broker.trim().is_empty() {
+                    errs.push(FieldError::new(
+                        "broker",
+                        "name the [[mqtt_broker]] `id` to publish to",
+                    ));
+                }
+                if let Some(t) = &c.alarm_topic {
+                    check_topic(t, "alarm_topic", &["park", "enterprise", "tag"], &mut errs);
+                }
+                if let Some(t) = &c.warning_topic {
+                    check_topic(t, "warning_topic", &["park", "enterprise"], &mut errs);
+                }
+                (&c.name, c.timeout_ms)
+            }
         };
         if name.trim().is_empty() || name.chars().any(char::is_whitespace) {
             errs.push(FieldError::new(
@@ -146,6 +166,42 @@ fn check_url(url: &str, field: &str, errs: &mut Vec<FieldError>) {
             field,
             format!("`{url}` is not an http:// or https:// URL"),
         ));
+    }
+}
+
+/// A topic template: non-empty, no wildcards (`+`, `#`), no NUL, no `$` at the start,
+/// placeholders only from `allowed`.
+fn check_topic(t: &str, field: &str, allowed: &[&str], errs: &mut Vec<FieldError>) {
+    if t.is_empty() || t.contains(['+', '#', '\0']) || t.starts_with('$') {
+        errs.push(FieldError::new(
+            field,
+            format!(
+                "`{t}` is not a publish topic: no wildcards (+, #), not empty, not starting with $"
+            ),
+        ));
+        return;
+    }
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            errs.push(FieldError::new(field, format!("unclosed `{{` in `{t}`")));
+            return;
+        };
+        let key = &rest[open + 1..open + close];
+        if !allowed.contains(&key) {
+            errs.push(FieldError::new(
+                field,
+                format!(
+                    "unknown placeholder `{{{key}}}` in `{t}`: use {}",
+                    allowed
+                        .iter()
+                        .map(|a| format!("{{{a}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        rest = &rest[open + close + 1..];
     }
 }
 
@@ -207,6 +263,63 @@ pub fn resolve_secret(
         ));
     }
     Ok(value)
+}
+
+/// `type = "mqtt"`: every event as one JSON message (`schema = "parkguard.event.v1"`,
+/// the notification's fields, `time_local`, `text_zh`, `text_en`) with QoS 1, on the
+/// broker of an `[[mqtt_broker]]` table (its host, port, TLS and credentials; client id
+/// `<client_id>-<channel name>-pub`, clean session: the outbox is the durable queue).
+/// Alarm events are not retained; warning-grade events are **retained**, so a late
+/// subscriber gets each enterprise's current warning grade at once (a warning that ends
+/// is published with `grade = null`, `state = "none"`). Delivered = the broker's PUBACK
+/// for every message of the batch.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MqttChannelConfig {
+    /// Unique channel name (no spaces). Required.
+    pub name: String,
+    /// `true`: a drill channel, receives drill events and only those. Default `false`.
+    #[serde(default)]
+    pub drill: bool,
+    /// `id` of the `[[mqtt_broker]]` to publish to. Required.
+    pub broker: String,
+    /// Topic of alarm events; placeholders `{park}`, `{enterprise}`, `{tag}` (values with
+    /// `/`, `+`, `#` are written with `_`). Default `parkguard/{park}/alarms/{enterprise}/{tag}`
+    /// (`parkguard/{park}/drill/alarms/{enterprise}/{tag}` on a drill channel).
+    #[serde(default)]
+    pub alarm_topic: Option<String>,
+    /// Topic of warning grades (retained); placeholders `{park}`, `{enterprise}` (`PARK` for
+    /// the park-wide grade). Default `parkguard/{park}/warnings/{enterprise}`
+    /// (`parkguard/{park}/drill/warnings/{enterprise}` on a drill channel).
+    #[serde(default)]
+    pub warning_topic: Option<String>,
+    /// Longest wait for the broker's PUBACK of one batch, milliseconds (100–120000).
+    /// Default 10000.
+    #[serde(default = "default_mqtt_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl MqttChannelConfig {
+    /// The alarm topic template in force (the default depends on `drill`).
+    pub fn alarm_topic(&self) -> String {
+        self.alarm_topic.clone().unwrap_or_else(|| {
+            if self.drill {
+                "parkguard/{park}/drill/alarms/{enterprise}/{tag}".into()
+            } else {
+                "parkguard/{park}/alarms/{enterprise}/{tag}".into()
+            }
+        })
+    }
+    /// The warning topic template in force (the default depends on `drill`).
+    pub fn warning_topic(&self) -> String {
+        self.warning_topic.clone().unwrap_or_else(|| {
+            if self.drill {
+                "parkguard/{park}/drill/warnings/{enterprise}".into()
+            } else {
+                "parkguard/{park}/warnings/{enterprise}".into()
+            }
+        })
+    }
 }
 
 /// `type = "webhook"`: POST of the JSON envelope (`schema`, `key`, `drill`, `count`,
@@ -356,6 +469,9 @@ pub struct UpstreamConfig {
 
 fn default_sig_header() -> String {
     "X-Parkguard-Signature".into()
+}
+fn default_mqtt_timeout_ms() -> u64 {
+    10_000
 }
 fn default_timeout_ms() -> u64 {
     5000

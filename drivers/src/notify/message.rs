@@ -179,6 +179,62 @@ pub fn envelope_json(batch: &[Notification]) -> Vec<u8> {
     serde_json::to_vec(&env).expect("notification envelope is plain serializable data")
 }
 
+/// Schema name of a single-event message (the MQTT channel), sent as `schema`.
+pub const EVENT_SCHEMA: &str = "parkguard.event.v1";
+
+#[derive(Serialize)]
+struct SingleEvent<'a> {
+    schema: &'static str,
+    #[serde(flatten)]
+    ev: EnvelopeEvent<'a>,
+}
+
+/// One event as a flat JSON object: `schema` (`parkguard.event.v1`), every field of the
+/// notification, `time_local` (Asia/Shanghai), `text_zh`, `text_en`.
+pub fn event_json(n: &Notification) -> Vec<u8> {
+    let ev = SingleEvent {
+        schema: EVENT_SCHEMA,
+        ev: EnvelopeEvent {
+            n,
+            time_local: format_shanghai(n.time),
+            text_zh: line_zh(n),
+            text_en: line_en(n),
+        },
+    };
+    // Serializing plain data with string keys cannot fail.
+    serde_json::to_vec(&ev).expect("notification event is plain serializable data")
+}
+
+/// Whether a notification is a warning-grade event (published retained on MQTT).
+pub fn is_warning(n: &Notification) -> bool {
+    n.condition == "WARNING"
+}
+
+/// A topic segment from a value: `/`, `+`, `#` and NUL become `_` (so an enterprise code
+/// or tag never adds levels or wildcards); an empty value becomes `_`.
+pub fn topic_segment(v: &str) -> String {
+    if v.is_empty() {
+        return "_".into();
+    }
+    v.chars()
+        .map(|c| {
+            if matches!(c, '/' | '+' | '#' | '\0') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Fill a topic template (`{park}`, `{enterprise}`, `{tag}`) for `n`.
+pub fn render_topic(template: &str, park: &str, n: &Notification) -> String {
+    template
+        .replace("{park}", &topic_segment(park))
+        .replace("{enterprise}", &topic_segment(&n.enterprise))
+        .replace("{tag}", &topic_segment(&n.tag))
+}
+
 /// Title of a robot message, e.g. `甲化工 3 条报警 / 3 alarms`.
 pub fn title(batch: &[Notification]) -> String {
     let Some(first) = batch.first() else {
@@ -359,6 +415,27 @@ mod tests {
         assert_eq!(v["events"][0]["grade"], "orange");
         let back: Notification = serde_json::from_value(v["events"][0].clone()).unwrap();
         assert_eq!(back, batch[0]);
+    }
+
+    #[test]
+    fn single_event_and_topics() {
+        let n = sample(9);
+        let v: serde_json::Value = serde_json::from_slice(&event_json(&n)).unwrap();
+        assert_eq!(v["schema"], EVENT_SCHEMA);
+        assert_eq!(v["event_id"], 9);
+        assert_eq!(v["tag"], "GT-101");
+        assert_eq!(v["time_local"], "2026-11-26 18:22:11");
+        assert!(v["text_zh"].as_str().unwrap().contains("甲化工(E001)"));
+        let back: Notification = serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, n);
+        let mut odd = sample(1);
+        odd.enterprise = "E/1+".into();
+        odd.tag = "#".into();
+        assert_eq!(
+            render_topic("parkguard/{park}/alarms/{enterprise}/{tag}", "yk", &odd),
+            "parkguard/yk/alarms/E_1_/_"
+        );
+        assert!(!is_warning(&n));
     }
 
     #[test]

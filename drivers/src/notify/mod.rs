@@ -1,4 +1,4 @@
-//! # Notifications: webhook, WeCom and DingTalk group robots, upstream government platform
+//! # Notifications: MQTT, webhook, WeCom and DingTalk group robots, upstream government platform
 //!
 //! The seam between parkguard's alarm path and the people of the park's linkage mechanism
 //! (联动机制, DOMAIN.md §4). Everything here is independent of the alarm engine: the daemon
@@ -27,8 +27,10 @@ pub mod message;
 pub mod sink;
 pub mod upstream;
 
-pub use config::{ChannelConfig, DingTalkConfig, UpstreamConfig, WeComConfig, WebhookConfig};
-pub use sink::{Channel, Deliver, Delivered, DeliveryError};
+pub use config::{
+    ChannelConfig, DingTalkConfig, MqttChannelConfig, UpstreamConfig, WeComConfig, WebhookConfig,
+};
+pub use sink::{Channel, ChannelEnv, Deliver, Delivered, DeliveryError};
 
 use parkguard_rules::{PointKind, Timestamp};
 use schemars::JsonSchema;

@@ -1,15 +1,18 @@
-//! The runtime channels: one HTTP POST per batch, the outcome classified. A channel holds
-//! no queue and never retries (the outbox does both), so it has no back-pressure of its
-//! own: a call blocks its caller for at most the configured timeout.
+//! The runtime channels: one HTTP POST per batch (or, for MQTT, one QoS 1 publish per
+//! event), the outcome classified. A channel holds no queue and never retries (the outbox
+//! does both), so it has no back-pressure of its own: a call blocks its caller for at most
+//! the configured timeout.
 
 use super::Notification;
 use super::config::{ChannelConfig, UpstreamFormatKind, resolve_secret};
 use super::crypto;
 use super::message;
 use super::upstream::{Sm4JsonV1, UpstreamCreds, UpstreamFormat};
+use crate::mqtt::{MqttBroker, MqttPublisher};
 use parkguard_rules::FieldError;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
 
 /// The receiver confirmed the message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +116,26 @@ enum Kind {
         format: Arc<dyn UpstreamFormat>,
         success_codes: Vec<i64>,
     },
+    Mqtt {
+        publisher: MqttPublisher,
+        park: String,
+        alarm_topic: String,
+        warning_topic: String,
+    },
+}
+
+/// What building a channel may need beyond its own table: the park id (MQTT topics), the
+/// validated `[[mqtt_broker]]` tables (MQTT channels publish to one of them) and the
+/// shutdown token (MQTT channels run a connection task until it fires). Building an MQTT
+/// channel must happen inside a tokio runtime.
+#[derive(Clone, Debug, Default)]
+pub struct ChannelEnv {
+    /// Park id (`[park] id`).
+    pub park: String,
+    /// Validated MQTT brokers.
+    pub mqtt_brokers: Vec<MqttBroker>,
+    /// Stops the MQTT connection tasks.
+    pub shutdown: CancellationToken,
 }
 
 /// A built channel (secrets resolved, HTTP client ready). Its `Debug` shows no secrets.
@@ -131,6 +154,7 @@ impl std::fmt::Debug for Channel {
             Kind::WeCom { .. } => "wecom",
             Kind::DingTalk { .. } => "dingtalk",
             Kind::Upstream { .. } => "upstream",
+            Kind::Mqtt { .. } => "mqtt",
         };
         f.debug_struct("Channel")
             .field("name", &self.name)
@@ -158,8 +182,15 @@ fn now_ms() -> i64 {
 
 impl Channel {
     /// Validate, resolve secrets (environment / files) and build the HTTP client. Every
-    /// error carries the field path inside the `[[channel]]` table.
+    /// error carries the field path inside the `[[channel]]` table. An MQTT channel needs
+    /// [`Channel::build_with`].
     pub fn build(cfg: &ChannelConfig) -> Result<Channel, Vec<FieldError>> {
+        Self::build_with(cfg, &ChannelEnv::default())
+    }
+
+    /// [`Channel::build`] with the park's context (MQTT channels: park id, brokers,
+    /// shutdown). Must run inside a tokio runtime for an MQTT channel.
+    pub fn build_with(cfg: &ChannelConfig, env: &ChannelEnv) -> Result<Channel, Vec<FieldError>> {
         let errs = cfg.validate();
         if !errs.is_empty() {
             return Err(errs);
@@ -232,6 +263,35 @@ impl Channel {
                         },
                         format,
                         success_codes: c.success_codes.clone(),
+                    },
+                )
+            }
+            ChannelConfig::Mqtt(c) => {
+                let Some(broker) = env.mqtt_brokers.iter().find(|b| b.id == c.broker) else {
+                    return Err(vec![FieldError::new(
+                        "broker",
+                        format!(
+                            "unknown broker `{}`: define it in an [[mqtt_broker]] table",
+                            c.broker
+                        ),
+                    )]);
+                };
+                let mut broker = broker.clone();
+                // One connection per channel, its own client id (the publisher adds `-pub`).
+                broker.client_id = format!("{}-{}", broker.client_id, c.name);
+                let publisher = MqttPublisher::spawn(
+                    &broker,
+                    Duration::from_millis(c.timeout_ms),
+                    env.shutdown.child_token(),
+                )
+                .map_err(|e| vec![FieldError::new("broker", e.to_string())])?;
+                (
+                    c.timeout_ms,
+                    Kind::Mqtt {
+                        publisher,
+                        park: env.park.clone(),
+                        alarm_topic: c.alarm_topic(),
+                        warning_topic: c.warning_topic(),
                     },
                 )
             }
@@ -371,6 +431,29 @@ impl Channel {
                 Ok(Delivered {
                     status,
                     receipt: cut(&receipt),
+                })
+            }
+            Kind::Mqtt {
+                publisher,
+                park,
+                alarm_topic,
+                warning_topic,
+            } => {
+                // One message per event, in batch order, each awaited: the order per alarm
+                // holds, and a retried batch republishes in the same order (the last
+                // retained warning is the newest).
+                for n in batch {
+                    let warning = message::is_warning(n);
+                    let template = if warning { warning_topic } else { alarm_topic };
+                    let topic = message::render_topic(template, park, n);
+                    publisher
+                        .publish_bytes(&topic, message::event_json(n), warning)
+                        .await
+                        .map_err(|e| DeliveryError::Connect(e.to_string()))?;
+                }
+                Ok(Delivered {
+                    status: 0,
+                    receipt: format!("PUBACK x{}", batch.len()),
                 })
             }
         }

@@ -1,0 +1,314 @@
+//! Escalation through the daemon's wiring: the journal thread's exact path
+//! (`Journal::append_with` + `Linkage::enqueue` in one transaction, `Linkage::wake` after
+//! the commit) on a real SQLite journal, under a simulated clock. T1 = 2 min, T2 = 5 min:
+//! the right channels get outbox rows at the right times, an acknowledgement stops it, and
+//! a restart (a new `Linkage` on the same database) neither re-sends nor forgets a step.
+
+#![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
+
+use parkguard::linkage::escalate::{EscalationConfig, Policy};
+use parkguard::linkage::escalation_log::{self, ESCALATION_ID_BASE};
+use parkguard::linkage::outbox;
+use parkguard::linkage::route::{RouteConfig, Router};
+use parkguard::linkage::wire::Linkage;
+use parkguard::store::journal::Journal;
+use parkguard::topology::record_of;
+use parkguard_rules::alarm::{AlarmEvent, AlarmState, Condition, EventKind, Priority, SourceKind};
+use parkguard_rules::engine::Event;
+use parkguard_rules::{PointTable, Timestamp};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+const ALARM: &str = "GT-101:HH";
+
+fn flags() -> BTreeMap<String, bool> {
+    [
+        ("enterprise-duty", false),
+        ("bureau-desk", false),
+        ("bureau-leaders", false),
+        ("drill-room", true),
+    ]
+    .into_iter()
+    .map(|(n, d)| (n.to_string(), d))
+    .collect()
+}
+
+fn policy() -> Policy {
+    let c: EscalationConfig = serde_json::from_value(serde_json::json!({
+        "name": "standard",
+        "step": [
+            { "after": "2m", "channels": ["bureau-desk"], "label": "园区应急管理局值班室" },
+            { "after": "5m", "channels": ["bureau-leaders"], "label": "局领导" }
+        ]
+    }))
+    .unwrap();
+    c.validate(&flags()).unwrap()
+}
+
+fn linkage(path: &Path) -> Linkage {
+    let route: RouteConfig = serde_json::from_value(serde_json::json!({
+        "channels": ["enterprise-duty"], "escalation": "standard"
+    }))
+    .unwrap();
+    let route = route.validate(0, &flags(), &["standard".into()]).unwrap();
+    Linkage::new(
+        Router::new(vec![route], flags()),
+        vec![policy()],
+        HashMap::new(),
+        Arc::new(PointTable::new(Vec::new()).unwrap()),
+        HashMap::from([("E001".to_string(), "甲化工".to_string())]),
+        path,
+    )
+    .unwrap()
+}
+
+fn event(id: u64, kind: EventKind, to: AlarmState, t: Timestamp) -> Event {
+    Event::Alarm(AlarmEvent {
+        id,
+        alarm: ALARM.into(),
+        source: "GT-101".into(),
+        source_kind: SourceKind::Point,
+        enterprise: "E001".into(),
+        area: None,
+        condition: Condition::Hh,
+        level: Some(2),
+        priority: Priority::High,
+        kind,
+        from: AlarmState::Normal,
+        to,
+        active: true,
+        annunciate: kind == EventKind::Activate,
+        value: Some(32.5),
+        limit: Some(25.0),
+        unit: None,
+        time: t,
+        source_time: None,
+        user: None,
+        comment: None,
+        shelved_until: None,
+        suppressed_by: None,
+        drill: None,
+    })
+}
+
+/// What the journal thread does with one batch (an empty batch is a tick).
+fn journal_batch(j: &mut Journal, l: &Linkage, events: &[Event], now: Timestamp) {
+    let records: Vec<_> = events.iter().map(record_of).collect();
+    let mut woken = Vec::new();
+    j.append_with(&records, |tx| {
+        woken = l.enqueue(tx, events, now)?;
+        Ok(())
+    })
+    .unwrap();
+    l.wake(&woken);
+}
+
+/// (event id, channel) of every outbox row, in queue order.
+fn rows(path: &Path) -> Vec<(u64, String)> {
+    let conn = outbox::open(path).unwrap();
+    let mut out = Vec::new();
+    for ch in [
+        "enterprise-duty",
+        "bureau-desk",
+        "bureau-leaders",
+        "drill-room",
+    ] {
+        for r in outbox::channel_rows(&conn, ch).unwrap() {
+            out.push((r.event_id, r.channel));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Tick every 10 s of simulated time from `from` to `to` (seconds after t0); return the
+/// new (seconds, channel) rows as they appeared.
+fn tick(
+    j: &mut Journal,
+    l: &Linkage,
+    path: &Path,
+    t0: Timestamp,
+    from: u64,
+    to: u64,
+) -> Vec<(u64, String)> {
+    let mut seen = rows(path);
+    let mut got = Vec::new();
+    let mut s = from;
+    while s < to {
+        s += 10;
+        journal_batch(j, l, &[], t0 + Duration::from_secs(s));
+        let now = rows(path);
+        for r in &now {
+            if !seen.contains(r) {
+                got.push((s, r.1.clone()));
+            }
+        }
+        seen = now;
+    }
+    got
+}
+
+#[test]
+fn t1_2min_t2_5min_through_the_journal_then_ack_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.sqlite");
+    let mut j = Journal::open(&path).unwrap();
+    let l = linkage(&path);
+    let t0 = Timestamp::from_secs(1_795_688_531);
+
+    journal_batch(
+        &mut j,
+        &l,
+        &[event(
+            1,
+            EventKind::Activate,
+            AlarmState::Unacknowledged,
+            t0,
+        )],
+        t0,
+    );
+    assert_eq!(rows(&path), [(1, "enterprise-duty".to_string())]);
+    assert_eq!(l.escalating(), [ALARM]);
+
+    let got = tick(&mut j, &l, &path, t0, 0, 6 * 60);
+    assert_eq!(
+        got,
+        [
+            (120, "bureau-desk".to_string()),
+            (300, "bureau-leaders".to_string())
+        ],
+        "T1 = 2 min → bureau desk, T2 = 5 min → leaders, nothing else"
+    );
+    let steps = escalation_log::steps(j.connection(), ALARM).unwrap();
+    assert_eq!(steps.len(), 2);
+    assert_eq!(steps[0].id, ESCALATION_ID_BASE);
+    assert_eq!(steps[0].label, "园区应急管理局值班室");
+    assert_eq!(steps[1].channels, ["bureau-leaders"]);
+    // The step notification says which level it is, under its own idempotency key.
+    let conn = outbox::open(&path).unwrap();
+    let payload: String = conn
+        .query_row(
+            "SELECT payload FROM outbox WHERE channel = 'bureau-desk'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let n: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(n["event_id"], ESCALATION_ID_BASE);
+    assert_eq!(n["alarm_id"], ALARM);
+    assert!(
+        n["message_zh"]
+            .as_str()
+            .unwrap()
+            .starts_with("【升级 第1级 园区应急管理局值班室】"),
+        "{n}"
+    );
+
+    // Acknowledge: the escalation stops, in the same transaction as the ack.
+    let ack = event(
+        2,
+        EventKind::Acknowledge,
+        AlarmState::Acknowledged,
+        t0 + Duration::from_secs(370),
+    );
+    journal_batch(&mut j, &l, &[ack], t0 + Duration::from_secs(370));
+    assert!(l.escalating().is_empty());
+    assert!(escalation_log::load(j.connection()).unwrap().is_empty());
+    assert!(tick(&mut j, &l, &path, t0, 370, 30 * 60).is_empty());
+}
+
+#[test]
+fn ack_before_t1_means_no_escalation_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.sqlite");
+    let mut j = Journal::open(&path).unwrap();
+    let l = linkage(&path);
+    let t0 = Timestamp::from_secs(1_795_688_531);
+    journal_batch(
+        &mut j,
+        &l,
+        &[event(
+            1,
+            EventKind::Activate,
+            AlarmState::Unacknowledged,
+            t0,
+        )],
+        t0,
+    );
+    assert!(tick(&mut j, &l, &path, t0, 0, 110).is_empty());
+    let t = t0 + Duration::from_secs(115);
+    journal_batch(
+        &mut j,
+        &l,
+        &[event(
+            2,
+            EventKind::Acknowledge,
+            AlarmState::Acknowledged,
+            t,
+        )],
+        t,
+    );
+    assert!(tick(&mut j, &l, &path, t0, 115, 20 * 60).is_empty());
+    assert_eq!(rows(&path), [(1, "enterprise-duty".to_string())]);
+}
+
+#[test]
+fn restart_neither_resends_nor_forgets_a_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.sqlite");
+    let t0 = Timestamp::from_secs(1_795_688_531);
+    {
+        let mut j = Journal::open(&path).unwrap();
+        let l = linkage(&path);
+        journal_batch(
+            &mut j,
+            &l,
+            &[event(
+                1,
+                EventKind::Activate,
+                AlarmState::Unacknowledged,
+                t0,
+            )],
+            t0,
+        );
+        let got = tick(&mut j, &l, &path, t0, 0, 150);
+        assert_eq!(got, [(120, "bureau-desk".to_string())]);
+    } // the daemon stops at 2.5 min
+    // ... and comes back at 4 min: T1 is not re-sent, T2 still comes at 5 min.
+    let mut j = Journal::open(&path).unwrap();
+    let l = linkage(&path);
+    assert_eq!(l.escalating(), [ALARM]);
+    let got = tick(&mut j, &l, &path, t0, 240, 10 * 60);
+    assert_eq!(got, [(300, "bureau-leaders".to_string())]);
+    // Down past T2 entirely: the missed level goes out once at the first tick after.
+    drop(l);
+    let dir2 = tempfile::tempdir().unwrap();
+    let path2 = dir2.path().join("journal.sqlite");
+    {
+        let mut j2 = Journal::open(&path2).unwrap();
+        let l2 = linkage(&path2);
+        journal_batch(
+            &mut j2,
+            &l2,
+            &[event(
+                1,
+                EventKind::Activate,
+                AlarmState::Unacknowledged,
+                t0,
+            )],
+            t0,
+        );
+    }
+    let mut j2 = Journal::open(&path2).unwrap();
+    let l2 = linkage(&path2);
+    let got = tick(&mut j2, &l2, &path2, t0, 590, 700);
+    assert_eq!(
+        got,
+        [
+            (600, "bureau-desk".to_string()),
+            (600, "bureau-leaders".to_string())
+        ]
+    );
+}
