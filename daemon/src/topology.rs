@@ -9,17 +9,21 @@
 //!
 //! Back-pressure of the readings channel: bounded at [`READINGS_CAPACITY`] batches. Modbus
 //! pollers `try_send` and count a dropped poll when it is full (a poll is cheap to repeat
-//! and the next one comes within its interval); the MQTT subscriber awaits, so the broker
-//! keeps unacknowledged QoS 1 messages. The engine evaluates millions of readings a second,
+//! and the next one comes within its interval). MQTT subscribers use a channel of their
+//! own ([`DurableBatch`]: readings + a completion signal the recorder sends after the
+//! spool append and fsync, when the QoS 1 messages are acknowledged); they await when it
+//! is full, so the broker keeps unacknowledged QoS 1 messages. The engine evaluates millions of readings a second,
 //! so the channel fills only when a downstream stage (the journal) stalls.
 
 use crate::config::ParkConfig;
 use crate::engine_task::{self, EngineHandle, EngineTaskConfig};
+use crate::store::export::JournalExport;
 use crate::store::journal::{Journal, JournalRecord, RecordKind};
 use crate::store::spool::{Spool, SpoolStats};
 use anyhow::{Context, Result};
 use parkguard_drivers::influx::{InfluxStats, InfluxWriter};
 use parkguard_drivers::modbus::{self, ModbusMetrics};
+use parkguard_drivers::mqtt::source::DurableBatch;
 use parkguard_drivers::mqtt::{self, MqttStats};
 use parkguard_rules::alarm::{EventKind, SourceKind};
 use parkguard_rules::engine::{Engine, Event};
@@ -28,7 +32,7 @@ use parkguard_rules::{PointTable, Reading};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
@@ -49,8 +53,11 @@ pub struct Running {
     pub mqtt: Vec<(String, Arc<MqttStats>)>,
     /// Spool counters.
     pub spool: Arc<SpoolStats>,
-    /// InfluxDB writer counters, when `[influx]` is configured.
+    /// InfluxDB writer counters (readings), when `[influx]` is configured.
     pub influx: Option<Arc<InfluxStats>>,
+    /// InfluxDB writer counters of alarm events and warning grades (exported from the
+    /// journal), when `[influx]` is configured.
+    pub influx_events: Option<Arc<InfluxStats>>,
     /// The alarm journal file.
     pub journal_path: PathBuf,
     /// The spool / local archive directory.
@@ -141,6 +148,8 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
     let spool_stats = spool.stats();
     let mut threads = Vec::new();
     let mut influx_stats = None;
+    let mut influx_event_stats = None;
+    let mut journal_notify = None;
     if let Some(settings) = &cfg.influx {
         let writer = InfluxWriter::new(settings.clone(), data.join("influx-dead-letter.lp"))
             .map_err(|e| anyhow::anyhow!("cannot start the InfluxDB writer: {e}"))?;
@@ -148,9 +157,19 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
         let reader = spool
             .writer_reader(&cfg.park.id)
             .context("cannot open the spool for the InfluxDB writer")?;
+        // Alarm events and warning grades: a second writer whose durable queue is the
+        // journal itself (store::export), with its own cursor and dead-letter file.
+        let event_writer =
+            InfluxWriter::new(settings.clone(), data.join("influx-events-dead-letter.lp"))
+                .map_err(|e| anyhow::anyhow!("cannot start the InfluxDB event writer: {e}"))?;
+        influx_event_stats = Some(event_writer.stats());
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let export = JournalExport::open(&journal_path, data, &cfg.park.id, Arc::clone(&notify))
+            .context("cannot open the alarm journal for the InfluxDB event writer")?;
+        journal_notify = Some(notify);
         let cancel = shutdown.clone();
-        // The reader does small blocking file reads: the writer gets a current-thread
-        // runtime on a thread of its own.
+        // The readers do small blocking file and SQLite reads: the writers get a
+        // current-thread runtime on a thread of their own.
         threads.push(
             std::thread::Builder::new()
                 .name("influx-writer".into())
@@ -159,11 +178,18 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
                         .enable_all()
                         .build()
                     {
-                        Ok(rt) => {
-                            rt.block_on(writer.run(reader, cancel).instrument(info_span!("influx")))
-                        }
+                        Ok(rt) => rt.block_on(async {
+                            tokio::join!(
+                                writer
+                                    .run(reader, cancel.clone())
+                                    .instrument(info_span!("influx")),
+                                event_writer
+                                    .run(export, cancel)
+                                    .instrument(info_span!("influx_events")),
+                            );
+                        }),
                         Err(e) => error!(error = %e, "cannot start the InfluxDB writer runtime"),
-                    }
+                    };
                 })
                 .context("cannot spawn the InfluxDB writer thread")?,
         );
@@ -188,7 +214,12 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
             shutdown.clone(),
         ));
     }
-    threads.push(spawn_journal_writer(journal, journal_rx, linkage)?);
+    threads.push(spawn_journal_writer(
+        journal,
+        journal_rx,
+        linkage,
+        journal_notify,
+    )?);
     let (engine_tx, engine_rx) = mpsc::channel::<Vec<Reading>>(READINGS_CAPACITY);
     let (handle, engine_join) = engine_task::spawn(
         engine,
@@ -199,10 +230,14 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
 
     // Recorder: sources → engine, then → spool (alarm latency never waits on the disk).
     let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(READINGS_CAPACITY);
+    // MQTT batches carry a completion signal: bounded like the readings channel; the
+    // subscriber awaits when it is full (the broker keeps the unacknowledged messages).
+    let (durable_tx, durable_rx) = mpsc::channel::<DurableBatch>(READINGS_CAPACITY);
     threads.push(spawn_recorder(
         spool,
         Arc::clone(&cfg.table),
         readings_rx,
+        durable_rx,
         engine_tx,
     )?);
 
@@ -221,11 +256,11 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
             continue;
         }
         let stats = Arc::new(MqttStats::default());
-        let task = mqtt::spawn_subscriber(
+        let task = mqtt::spawn_subscriber_with(
             broker.clone(),
             cfg.mqtt_subscriptions.clone(),
             Arc::clone(&cfg.table),
-            readings_tx.clone(),
+            durable_tx.clone(),
             Arc::clone(&stats),
             shutdown.clone(),
         )
@@ -233,6 +268,7 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
         tasks.push(task);
         mqtt_stats.push((broker.id.clone(), stats));
     }
+    drop(durable_tx);
     tasks.push(spawn_event_log(handle.events.subscribe(), shutdown.clone()));
     info!(
         points = cfg.table.len(),
@@ -248,6 +284,7 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
         mqtt: mqtt_stats,
         spool: spool_stats,
         influx: influx_stats,
+        influx_events: influx_event_stats,
         journal_path,
         spool_dir,
         shutdown,
@@ -263,6 +300,7 @@ fn spawn_journal_writer(
     mut journal: Journal,
     mut rx: mpsc::Receiver<Vec<Event>>,
     linkage: Option<crate::linkage::wire::Linkage>,
+    committed: Option<Arc<tokio::sync::Notify>>,
 ) -> Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("journal".into())
@@ -291,6 +329,9 @@ fn spawn_journal_writer(
                         Ok(()) => {
                             if let Some(l) = &linkage {
                                 l.wake(&woken);
+                            }
+                            if let Some(n) = &committed {
+                                n.notify_one();
                             }
                             break;
                         }
@@ -345,42 +386,132 @@ pub fn record_of(ev: &Event) -> JournalRecord {
     }
 }
 
-/// The recorder thread: forwards each batch to the engine, then appends it to the spool
-/// (fsync per `[spool].fsync`). Expires old segments every minute.
+/// Most readings the recorder gathers into one spool append (one write, one fsync) from
+/// the batches already waiting in its channels: group commit, so a fsync serves many
+/// MQTT messages.
+const GROUP_READINGS: usize = 65_536;
+
+/// The recorder thread: forwards each batch to the engine, then appends what it gathered
+/// to the spool (fsync per `[spool].fsync`), and only then tells the MQTT subscribers
+/// their messages may be acknowledged (QoS 1 readings are durable before the broker
+/// forgets them). Expires old segments every minute.
+///
+/// When an append fails (disk full with no segment left to drop, I/O or fsync error) the
+/// failure is counted in [`SpoolStats`] (`append_failures`, `readings_not_spooled`,
+/// `append_failing`), logged (at powers of two, and when it recovers), the durable
+/// batches' `done` signals are dropped (their MQTT messages stay unacknowledged and are
+/// redelivered after the subscriber reconnects), and the recorder goes on: the engine
+/// keeps evaluating every reading.
 fn spawn_recorder(
     mut spool: Spool,
     table: Arc<PointTable>,
     mut rx: mpsc::Receiver<Vec<Reading>>,
+    mut durable_rx: mpsc::Receiver<DurableBatch>,
     engine: mpsc::Sender<Vec<Reading>>,
 ) -> Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("recorder".into())
         .spawn(move || {
-            let mut last_expire = std::time::Instant::now();
-            let mut failures: u64 = 0;
-            while let Some(batch) = rx.blocking_recv() {
-                let keep = batch.clone();
-                if engine.blocking_send(batch).is_err() {
+            // A current-thread runtime of its own: waits on both channels; the spool's
+            // blocking writes stall only this thread.
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    error!(error = %e, "cannot start the recorder runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let mut last_expire = std::time::Instant::now();
+                let mut failures: u64 = 0;
+                let (mut plain_open, mut durable_open) = (true, true);
+                let mut all: Vec<Reading> = Vec::new();
+                let mut done: Vec<oneshot::Sender<()>> = Vec::new();
+                loop {
+                    // Wait for the first batch, then take what is already waiting.
+                    let first = tokio::select! {
+                        b = durable_rx.recv(), if durable_open => match b {
+                            Some(b) => Some(b),
+                            None => { durable_open = false; continue; }
+                        },
+                        b = rx.recv(), if plain_open => match b {
+                            Some(b) => { all.extend_from_slice(&b); if engine.send(b).await.is_err() { break; } None }
+                            None => { plain_open = false; continue; }
+                        },
+                        else => break,
+                    };
+                    if let Some(b) = first {
+                        all.extend_from_slice(&b.readings);
+                        done.push(b.done);
+                        if engine.send(b.readings).await.is_err() {
+                            break;
+                        }
+                    }
+                    let mut engine_gone = false;
+                    while all.len() < GROUP_READINGS {
+                        if let Ok(b) = durable_rx.try_recv() {
+                            all.extend_from_slice(&b.readings);
+                            done.push(b.done);
+                            if engine.send(b.readings).await.is_err() {
+                                engine_gone = true;
+                                break;
+                            }
+                        } else if let Ok(b) = rx.try_recv() {
+                            all.extend_from_slice(&b);
+                            if engine.send(b).await.is_err() {
+                                engine_gone = true;
+                                break;
+                            }
+                        } else {
+                            break;
+                        }
+                    }
+                    if engine_gone {
+                        break;
+                    }
+                    match spool.append(&all, &table) {
+                        Ok(()) => {
+                            if failures > 0 {
+                                info!(failed_appends = failures, "spool append works again");
+                                failures = 0;
+                            }
+                            for d in done.drain(..) {
+                                // A subscriber that reconnected meanwhile no longer waits.
+                                let _ = d.send(());
+                            }
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            if failures.is_power_of_two() {
+                                error!(error = %e, failures, readings = all.len(), "spool append failed: readings not archived (MQTT QoS 1 messages left unacknowledged for redelivery)");
+                            }
+                            done.clear();
+                        }
+                    }
+                    all.clear();
+                    if last_expire.elapsed() > Duration::from_secs(60) {
+                        last_expire = std::time::Instant::now();
+                        let n = spool.expire(std::time::SystemTime::now());
+                        if n > 0 {
+                            info!(segments = n, "expired spool segments past retention");
+                        }
+                    }
+                }
+                if !all.is_empty() {
                     warn!("engine task gone; recorder stops");
-                    break;
-                }
-                if let Err(e) = spool.append(&keep, &table) {
-                    failures += 1;
-                    if failures.is_power_of_two() {
-                        error!(error = %e, failures, readings = keep.len(), "spool append failed: readings not archived");
+                    if spool.append(&all, &table).is_ok() {
+                        for d in done.drain(..) {
+                            let _ = d.send(());
+                        }
                     }
                 }
-                if last_expire.elapsed() > Duration::from_secs(60) {
-                    last_expire = std::time::Instant::now();
-                    let n = spool.expire(std::time::SystemTime::now());
-                    if n > 0 {
-                        info!(segments = n, "expired spool segments past retention");
-                    }
+                if let Err(e) = spool.sync() {
+                    error!(error = %e, "final spool sync failed");
                 }
-            }
-            if let Err(e) = spool.sync() {
-                error!(error = %e, "final spool sync failed");
-            }
+            });
         })
         .context("cannot spawn the recorder thread")
 }

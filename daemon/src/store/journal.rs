@@ -51,7 +51,8 @@ impl RecordKind {
             RecordKind::System => "system",
         }
     }
-    fn parse(s: &str) -> Option<Self> {
+    /// The kind of a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "alarm" => RecordKind::Alarm,
             "warning" => RecordKind::Warning,

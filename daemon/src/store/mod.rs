@@ -2,6 +2,8 @@
 //!
 //! - [`spool`]: readings, append-only and segmented, with a durable cursor for the InfluxDB
 //!   writer; also the local archive (retention 30 days by default) that replay reads.
+//! - [`export`]: the journal as the durable queue of alarm events and warning grades
+//!   for InfluxDB (`alarm_event`, `warning`), with its own cursor.
 //! - [`journal`]: the alarm journal in SQLite — every alarm event, warning-grade change,
 //!   operator action and configuration change, committed before anyone is told.
 //!
@@ -25,5 +27,6 @@
 //! journal.append(&records)?;                     // then publish / notify
 //! ```
 
+pub mod export;
 pub mod journal;
 pub mod spool;

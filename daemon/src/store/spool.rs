@@ -245,6 +245,16 @@ pub struct SpoolStats {
     /// Raised when the size bound dropped data (or undelivered data expired). The daemon
     /// turns it into a system alarm; cleared only by [`SpoolStats::clear_overflow_alarm`].
     pub overflow_alarm: AtomicBool,
+    /// [`Spool::append`] calls that failed (disk full with nothing left to drop, I/O
+    /// error, fsync error).
+    pub append_failures: AtomicU64,
+    /// Readings of failed appends: not archived, not sent to InfluxDB. MQTT QoS 1 readings
+    /// among them stay unacknowledged and are redelivered by the broker; Modbus readings
+    /// are lost for storage (the engine still evaluated them).
+    pub readings_not_spooled: AtomicU64,
+    /// Raised while appends fail (the last append failed); cleared by the next successful
+    /// append. The daemon turns it into a system alarm.
+    pub append_failing: AtomicBool,
 }
 
 impl SpoolStats {
@@ -652,7 +662,33 @@ impl Spool {
     /// Append readings (one frame, one write) and apply the fsync policy. Readings whose
     /// point is not in `table` are skipped and counted. When this returns `Ok` under
     /// `fsync = "always"`, the readings are on disk.
+    ///
+    /// On an error nothing of this call is in the spool (a partial frame is cut) and the
+    /// failure is counted ([`SpoolStats::append_failures`],
+    /// [`SpoolStats::readings_not_spooled`], [`SpoolStats::append_failing`]); the spool
+    /// stays usable and the next append tries again.
     pub fn append(&mut self, readings: &[Reading], table: &PointTable) -> Result<(), SpoolError> {
+        let result = self.append_inner(readings, table);
+        let stats = &self.shared.stats;
+        match result {
+            Ok(()) => {
+                if stats.append_failing.swap(false, Relaxed) {
+                    info!("spool: appends succeed again");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                stats.append_failures.fetch_add(1, Relaxed);
+                stats
+                    .readings_not_spooled
+                    .fetch_add(readings.len() as u64, Relaxed);
+                stats.append_failing.store(true, Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    fn append_inner(&mut self, readings: &[Reading], table: &PointTable) -> Result<(), SpoolError> {
         if readings.is_empty() {
             return Ok(());
         }
@@ -664,6 +700,7 @@ impl Spool {
         self.frame.clear();
         // Dictionary frame for points new to this segment.
         let mut dict = Vec::new();
+        let mut newly = Vec::new();
         let mut new = 0u32;
         let mut skipped = 0u64;
         for r in readings {
@@ -677,6 +714,7 @@ impl Spool {
             }
             if !self.seen[i] {
                 self.seen[i] = true;
+                newly.push(i);
                 new += 1;
                 dict.extend_from_slice(&r.point.0.to_le_bytes());
                 put_str(&mut dict, &p.tag, true);
@@ -713,7 +751,14 @@ impl Spool {
         if self.frame.is_empty() {
             return Ok(());
         }
-        self.write_frame()?;
+        if let Err(e) = self.write_frame() {
+            // The dictionary entries of the cut frame were not written: name those points
+            // again in the next frame.
+            for i in newly {
+                self.seen[i] = false;
+            }
+            return Err(e);
+        }
         let stats = self.shared.stats.clone();
         stats.readings_appended.fetch_add(count, Relaxed);
         stats

@@ -27,7 +27,7 @@ pub mod stats;
 
 pub use config::{MqttBroker, MqttBrokerConfig, MqttSubscriptionConfig, Subscription};
 pub use publish::MqttPublisher;
-pub use source::spawn_subscriber;
+pub use source::{DurableBatch, Handover, spawn_subscriber, spawn_subscriber_with};
 pub use stats::{MqttStats, MqttStatsSnapshot};
 
 /// Errors of the MQTT driver (start-up and publishing; the subscriber retries the rest).

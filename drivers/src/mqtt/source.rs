@@ -2,11 +2,23 @@
 //! message onto points and hands the readings to the engine.
 //!
 //! Delivery guarantees:
-//! - **Acknowledge after hand-over.** QoS 1 messages are acknowledged (manual acks) only
-//!   after their readings were accepted by the engine channel, so a crash between receipt
-//!   and hand-over leaves the message unacknowledged and the broker delivers it again.
-//!   Messages that give no reading (rejected, unknown tag) are acknowledged at once: they
-//!   are counted and listed in [`MqttStats`], and retrying them cannot help.
+//! - **Acknowledge when durable.** QoS 1 messages are acknowledged (manual acks) only
+//!   once their readings are safe, as the [`Handover`] says: with a plain
+//!   `mpsc::Sender<Vec<Reading>>` that is when the channel accepted them; with a
+//!   `mpsc::Sender<DurableBatch>` (what the daemon uses) it is when the receiver
+//!   signalled the batch's `done` — after the spool append and its fsync. A crash before
+//!   that leaves the messages unacknowledged and the broker delivers them again. The
+//!   subscriber does not wait for the signal: it keeps reading, and PUBACKs go out in
+//!   the order the PUBLISH packets came (MQTT 3.1.1 §4.6) as their batches become
+//!   durable. If a batch cannot be made durable (`done` dropped: disk full, spool error),
+//!   nothing of it or after it is acknowledged; the subscriber counts it
+//!   ([`MqttStats::not_durable`]), drops the connection and reconnects after the back-off,
+//!   so the broker redelivers every unacknowledged message (persistent session).
+//!   The broker's limit of unacknowledged messages in flight per client (mosquitto
+//!   `max_inflight_messages`, default 20) bounds throughput to that many messages per
+//!   spool fsync: raise it on the park's broker.
+//!   Messages that give no reading (rejected, unknown tag) are acknowledged in turn, with
+//!   no wait: they are counted and listed in [`MqttStats`], and retrying them cannot help.
 //! - **Persistent session.** With `clean_session = false` the broker keeps the
 //!   subscriptions and queues QoS 1 messages while parkguard is away. parkguard subscribes
 //!   on its first connect and again whenever the broker answers `session_present = false`.
@@ -38,10 +50,11 @@ use super::stats::MqttStats;
 use crate::backoff::Backoff;
 use parkguard_rules::{PointTable, Reading, Timestamp};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, PubAck, QoS, Request, SubscribeFilter};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
@@ -81,16 +94,93 @@ fn seed(s: &str) -> u64 {
     })
 }
 
+/// A batch of readings whose QoS 1 messages are acknowledged only when `done` is sent.
+/// Dropping `done` unsent means "not stored": the messages stay unacknowledged.
+#[derive(Debug)]
+pub struct DurableBatch {
+    /// The readings, converted into each point's unit.
+    pub readings: Vec<Reading>,
+    /// Send `()` once the readings are durable (spool append + fsync policy).
+    pub done: oneshot::Sender<()>,
+}
+
+/// The hand-over was refused: the receiver is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandoverClosed;
+
+/// Where the subscriber hands its readings, and when their messages may be acknowledged.
+pub trait Handover: Send + 'static {
+    /// Hand `batch` over. `Ok(None)`: acknowledge now; `Ok(Some(rx))`: acknowledge when
+    /// `rx` resolves with `Ok`, never if it fails.
+    fn hand_over(
+        &self,
+        batch: Vec<Reading>,
+    ) -> impl Future<Output = Result<Option<oneshot::Receiver<()>>, HandoverClosed>> + Send;
+}
+
+impl Handover for mpsc::Sender<Vec<Reading>> {
+    async fn hand_over(
+        &self,
+        batch: Vec<Reading>,
+    ) -> Result<Option<oneshot::Receiver<()>>, HandoverClosed> {
+        self.send(batch).await.map_err(|_| HandoverClosed)?;
+        Ok(None)
+    }
+}
+
+impl Handover for mpsc::Sender<DurableBatch> {
+    async fn hand_over(
+        &self,
+        readings: Vec<Reading>,
+    ) -> Result<Option<oneshot::Receiver<()>>, HandoverClosed> {
+        let (done, rx) = oneshot::channel();
+        self.send(DurableBatch { readings, done })
+            .await
+            .map_err(|_| HandoverClosed)?;
+        Ok(Some(rx))
+    }
+}
+
+/// Acknowledgements waiting for their batch to become durable, in PUBLISH order.
+struct PendingAck {
+    /// `None`: nothing to wait for (a batch without readings), ack in turn.
+    done: Option<oneshot::Receiver<()>>,
+    pkids: Vec<u16>,
+}
+
+/// Wait until the oldest pending batch is settled: true = durable (or nothing to wait
+/// for), false = it will never be.
+async fn front_settled(pending: &mut std::collections::VecDeque<PendingAck>) -> bool {
+    match pending.front_mut().and_then(|p| p.done.as_mut()) {
+        Some(rx) => rx.await.is_ok(),
+        None => true,
+    }
+}
+
 /// Start the subscriber of `broker` for `subscriptions` (those whose `broker` is its id).
 ///
-/// Readings go to `tx` in batches, converted into each point's unit. Fails at once only
-/// when the options cannot be built (password variable or file missing, TLS files
-/// unreadable); every later fault is retried.
+/// Readings go to `tx` in batches, converted into each point's unit; QoS 1 messages are
+/// acknowledged once `tx` accepted them. Fails at once only when the options cannot
+/// be built (password variable or file missing, TLS files unreadable); every later fault
+/// is retried. The daemon uses [`spawn_subscriber_with`] and a [`DurableBatch`] channel.
 pub fn spawn_subscriber(
     broker: MqttBroker,
     subscriptions: Vec<Subscription>,
     table: Arc<PointTable>,
     tx: mpsc::Sender<Vec<Reading>>,
+    stats: Arc<MqttStats>,
+    shutdown: CancellationToken,
+) -> Result<JoinHandle<()>, MqttError> {
+    spawn_subscriber_with(broker, subscriptions, table, tx, stats, shutdown)
+}
+
+/// [`spawn_subscriber`] with any [`Handover`]: with `mpsc::Sender<DurableBatch>`, QoS 1
+/// messages are acknowledged only once the receiver sent the batch's `done`.
+pub fn spawn_subscriber_with<H: Handover>(
+    broker: MqttBroker,
+    subscriptions: Vec<Subscription>,
+    table: Arc<PointTable>,
+    tx: H,
     stats: Arc<MqttStats>,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>, MqttError> {
@@ -121,6 +211,7 @@ pub fn spawn_subscriber(
         stats,
         batch: Vec::with_capacity(BATCH_CAPACITY),
         to_ack: Vec::new(),
+        pending: std::collections::VecDeque::new(),
         unflushed: 0,
         rebirths: Default::default(),
     };
@@ -129,16 +220,19 @@ pub fn spawn_subscriber(
     ))
 }
 
-struct Subscriber {
+struct Subscriber<H> {
     broker: MqttBroker,
     subscriptions: Vec<Subscription>,
     spb: Vec<SparkplugState>,
     table: Arc<PointTable>,
-    tx: mpsc::Sender<Vec<Reading>>,
+    tx: H,
     stats: Arc<MqttStats>,
     newest: Vec<i64>,
     batch: Vec<Reading>,
     to_ack: Vec<u16>,
+    /// Handed-over batches whose acknowledgements wait for durability. Bounded by the
+    /// broker's in-flight limit (it sends no more unacknowledged QoS 1 messages).
+    pending: std::collections::VecDeque<PendingAck>,
     /// Messages received since the last hand-over.
     unflushed: usize,
     /// When each Sparkplug edge node was last asked to rebirth.
@@ -150,7 +244,7 @@ enum Flow {
     Stop,
 }
 
-impl Subscriber {
+impl<H: Handover> Subscriber<H> {
     async fn run(&mut self, client: AsyncClient, mut el: EventLoop, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(
             self.broker.reconnect_initial,
@@ -173,6 +267,31 @@ impl Subscriber {
                     lingering = false;
                     if let Flow::Stop = self.flush(&mut el, &shutdown).await {
                         break;
+                    }
+                    continue;
+                }
+                durable = front_settled(&mut self.pending), if !self.pending.is_empty() => {
+                    if durable {
+                        self.ack_settled(&mut el).await;
+                    } else {
+                        // Not stored: acknowledge nothing more on this connection; the
+                        // broker redelivers after the reconnect.
+                        let waiting: usize = self.pending.iter().map(|p| p.pkids.len()).sum();
+                        self.pending.clear();
+                        self.to_ack.clear();
+                        self.stats.not_durable.fetch_add(1, Relaxed);
+                        self.stats.connected.store(false, Relaxed);
+                        el.clean();
+                        let delay = backoff.next_delay();
+                        warn!(
+                            unacknowledged = waiting,
+                            retry_in_ms = delay.as_millis() as u64,
+                            "readings could not be stored; messages left unacknowledged, reconnecting for redelivery"
+                        );
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
                     }
                     continue;
                 }
@@ -230,6 +349,7 @@ impl Subscriber {
                     // Readings already decoded are good: hand them over. Their acks would go
                     // to a dead connection; the broker redelivers those messages.
                     self.to_ack.clear();
+                    self.pending.clear();
                     lingering = false;
                     if let Flow::Stop = self.flush(&mut el, &shutdown).await {
                         break;
@@ -370,34 +490,81 @@ impl Subscriber {
         }
     }
 
-    /// Hand the batch to the engine, then acknowledge the messages it came from.
+    /// Hand the batch over, then acknowledge the messages it came from — now, or once the
+    /// batch is durable (queued in `pending`, in order behind earlier batches).
     async fn flush(&mut self, el: &mut EventLoop, shutdown: &CancellationToken) -> Flow {
         self.unflushed = 0;
+        let mut done = None;
         if !self.batch.is_empty() {
             let n = self.batch.len() as u64;
             let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_CAPACITY));
             let sent = tokio::select! {
                 biased;
-                r = self.tx.send(batch) => r.is_ok(),
+                r = self.tx.hand_over(batch) => r,
                 // Shutting down: the unacknowledged messages will be delivered again.
                 _ = shutdown.cancelled() => return Flow::Stop,
             };
-            if !sent {
-                warn!("engine channel closed; mqtt subscriber stops");
-                return Flow::Stop;
+            match sent {
+                Ok(d) => done = d,
+                Err(HandoverClosed) => {
+                    warn!("engine channel closed; mqtt subscriber stops");
+                    return Flow::Stop;
+                }
             }
             self.stats.readings.fetch_add(n, Relaxed);
         }
         if self.to_ack.is_empty() {
             return Flow::Continue;
         }
+        if done.is_none() && self.pending.is_empty() {
+            let pkids = std::mem::take(&mut self.to_ack);
+            self.write_acks(el, pkids).await;
+        } else {
+            self.pending.push_back(PendingAck {
+                done,
+                pkids: std::mem::take(&mut self.to_ack),
+            });
+        }
+        Flow::Continue
+    }
+
+    /// The oldest pending batch is durable: acknowledge it and every following one that
+    /// is settled too, in one write.
+    async fn ack_settled(&mut self, el: &mut EventLoop) {
+        let mut pkids = Vec::new();
+        if let Some(p) = self.pending.pop_front() {
+            pkids = p.pkids;
+        }
+        while let Some(front) = self.pending.front_mut() {
+            let ready = match front.done.as_mut() {
+                None => true,
+                Some(rx) => match rx.try_recv() {
+                    Ok(()) => true,
+                    // Failed or not yet: the select loop handles it.
+                    Err(_) => false,
+                },
+            };
+            if !ready {
+                break;
+            }
+            if let Some(p) = self.pending.pop_front() {
+                pkids.extend(p.pkids);
+            }
+        }
+        self.write_acks(el, pkids).await;
+    }
+
+    /// Write PUBACKs for `pkids` and flush them.
+    async fn write_acks(&mut self, el: &mut EventLoop, pkids: Vec<u16>) {
+        if pkids.is_empty() {
+            return;
+        }
         let Some(net) = el.network.as_mut() else {
-            self.to_ack.clear();
-            return Flow::Continue;
+            return;
         };
-        let n = self.to_ack.len() as u64;
+        let n = pkids.len() as u64;
         let mut result = Ok(());
-        for pkid in self.to_ack.drain(..) {
+        for pkid in pkids {
             match el
                 .state
                 .handle_outgoing_packet(Request::PubAck(PubAck::new(pkid)))
@@ -426,12 +593,12 @@ impl Subscriber {
                 // The connection broke: drop it; the next poll reconnects and the broker
                 // redelivers what was not acknowledged.
                 self.to_ack.clear();
+                self.pending.clear();
                 warn!(error = %e, "mqtt acknowledgement failed; reconnecting");
                 self.stats.connected.store(false, Relaxed);
                 self.stats.connection_errors.fetch_add(1, Relaxed);
                 el.clean();
             }
         }
-        Flow::Continue
     }
 }

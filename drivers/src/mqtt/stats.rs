@@ -36,6 +36,9 @@ pub struct MqttStats {
     pub readings: AtomicU64,
     /// QoS 1 messages acknowledged (always after their readings were handed over).
     pub acked: AtomicU64,
+    /// Times a handed-over batch could not be made durable (spool append failed): its
+    /// messages were left unacknowledged and the subscriber reconnected for redelivery.
+    pub not_durable: AtomicU64,
     /// Readings older than the newest of their point (forwarded for storage; the engine
     /// must not move the live value back, see the module docs of `source`).
     pub out_of_order: AtomicU64,
