@@ -43,6 +43,9 @@ pub struct Running {
     pub engine: EngineHandle,
     /// Where sources send readings (drills use their own engine; this is the real path).
     pub readings: mpsc::Sender<Vec<Reading>>,
+    /// The journal channel (weak, so it never keeps the journal writer alive at shutdown):
+    /// drills send their events here, through the same journal and linkage router.
+    pub journal: mpsc::WeakSender<Vec<Event>>,
     /// Modbus counters per device.
     pub modbus: Arc<ModbusMetrics>,
     /// MQTT counters per broker: (broker id, stats).
@@ -183,6 +186,7 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
         Some(linkage)
     };
     threads.push(spawn_journal_writer(journal, journal_rx, linkage)?);
+    let journal_weak = journal_tx.downgrade();
     let (engine_tx, engine_rx) = mpsc::channel::<Vec<Reading>>(READINGS_CAPACITY);
     let (handle, engine_join) = engine_task::spawn(
         engine,
@@ -234,6 +238,7 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
     Ok(Running {
         engine: handle,
         readings: readings_tx,
+        journal: journal_weak,
         modbus: metrics,
         mqtt: mqtt_stats,
         spool: spool_stats,
