@@ -97,6 +97,16 @@ impl Running {
 /// spool, start the engine, the journal writer, the recorder, the InfluxDB writer, and only
 /// then the sources.
 pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Running> {
+    start_with(cfg, shutdown, EngineTaskConfig::default()).await
+}
+
+/// [`start`] with the engine task's settings (tick, clock): tests drive a live run on a
+/// clock of their own with it.
+pub async fn start_with(
+    cfg: &ParkConfig,
+    shutdown: CancellationToken,
+    task: EngineTaskConfig,
+) -> Result<Running> {
     let data = &cfg.data.dir;
     std::fs::create_dir_all(data)
         .with_context(|| format!("cannot create data dir {}", data.display()))?;
@@ -188,12 +198,7 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
     threads.push(spawn_journal_writer(journal, journal_rx, linkage)?);
     let journal_weak = journal_tx.downgrade();
     let (engine_tx, engine_rx) = mpsc::channel::<Vec<Reading>>(READINGS_CAPACITY);
-    let (handle, engine_join) = engine_task::spawn(
-        engine,
-        engine_rx,
-        Some(journal_tx),
-        EngineTaskConfig::default(),
-    );
+    let (handle, engine_join) = engine_task::spawn(engine, engine_rx, Some(journal_tx), task);
 
     // Recorder: sources → engine, then → spool (alarm latency never waits on the disk).
     let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(READINGS_CAPACITY);
