@@ -129,9 +129,27 @@ pub fn run_config_with(cfg: ParkConfig, extras: Extras) -> Result<()> {
                 .with_context(|| format!("cannot create {}", users_file.display()))?;
             warn!(file = %users_file.display(), "no users file: created an empty one; add users with `parkguard user add --file FILE NAME ROLE`");
         }
-        let (addr, api_join) = crate::api::wire::serve(&cfg, parts, shutdown.clone())
-            .await
-            .context("cannot start the HTTP API and console")?;
+        let drills = std::sync::Arc::new(crate::drill::live::Drills::new(
+            crate::drill::live::DrillParts {
+                table: std::sync::Arc::clone(&cfg.table),
+                engine: cfg.engine.clone(),
+                vote_groups: cfg.vote_groups.clone(),
+                journal: Some(running.journal.clone()),
+                data_dir: cfg.data.dir.clone(),
+                spool_dir: running.spool_dir.clone(),
+                shutdown: shutdown.clone(),
+            },
+        ));
+        let served = crate::api::wire::serve_with_drills(
+            &cfg,
+            parts,
+            std::sync::Arc::new(crate::api::Metrics::default()),
+            drills,
+            shutdown.clone(),
+        )
+        .await
+        .context("cannot start the HTTP API and console")?;
+        let (addr, api_join) = (served.addr, served.join);
         info!(summary = %cfg.summary(), data_dir = %cfg.data.dir.display(), console = %format!("http://{addr}/"), "parkguard started");
         if extras.demo_users {
             eprintln!("  控制台 / console: http://{addr}/\n");

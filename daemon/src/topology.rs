@@ -47,6 +47,9 @@ pub struct Running {
     pub engine: EngineHandle,
     /// Where sources send readings (drills use their own engine; this is the real path).
     pub readings: mpsc::Sender<Vec<Reading>>,
+    /// The journal channel (weak, so it never keeps the journal writer alive at shutdown):
+    /// drills send their events here, through the same journal and linkage router.
+    pub journal: mpsc::WeakSender<Vec<Event>>,
     /// Modbus counters per device.
     pub modbus: Arc<ModbusMetrics>,
     /// MQTT counters per broker: (broker id, stats).
@@ -101,6 +104,16 @@ impl Running {
 /// spool, start the engine, the journal writer, the recorder, the InfluxDB writer, and only
 /// then the sources.
 pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Running> {
+    start_with(cfg, shutdown, EngineTaskConfig::default()).await
+}
+
+/// [`start`] with the engine task's settings (tick, clock): tests drive a live run on a
+/// clock of their own with it.
+pub async fn start_with(
+    cfg: &ParkConfig,
+    shutdown: CancellationToken,
+    task: EngineTaskConfig,
+) -> Result<Running> {
     let data = &cfg.data.dir;
     std::fs::create_dir_all(data)
         .with_context(|| format!("cannot create data dir {}", data.display()))?;
@@ -220,13 +233,9 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
         linkage,
         journal_notify,
     )?);
+    let journal_weak = journal_tx.downgrade();
     let (engine_tx, engine_rx) = mpsc::channel::<Vec<Reading>>(READINGS_CAPACITY);
-    let (handle, engine_join) = engine_task::spawn(
-        engine,
-        engine_rx,
-        Some(journal_tx),
-        EngineTaskConfig::default(),
-    );
+    let (handle, engine_join) = engine_task::spawn(engine, engine_rx, Some(journal_tx), task);
 
     // Recorder: sources → engine, then → spool (alarm latency never waits on the disk).
     let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(READINGS_CAPACITY);
@@ -280,6 +289,7 @@ pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Runn
     Ok(Running {
         engine: handle,
         readings: readings_tx,
+        journal: journal_weak,
         modbus: metrics,
         mqtt: mqtt_stats,
         spool: spool_stats,

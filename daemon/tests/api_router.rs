@@ -133,6 +133,8 @@ fn valid_body(method: &Method, path: &str) -> Option<Value> {
         "/api/v1/users" => {
             json!({"username": "tmp.user", "display_name": "临时", "role": "viewer", "password": "temporary-pass-123"})
         }
+        "/api/v1/drills" => json!({"scenario": "walk", "speed": "1x"}),
+        "/api/v1/drills/{id}/ack" => json!({"alarm": "E01-GT-101", "comment": "演练"}),
         p if p.ends_with("/ack") => json!({"comment": "已通知现场"}),
         p if p.ends_with("/shelve") => json!({"duration_s": 600, "reason": "检修"}),
         p if p.ends_with("/unshelve") => json!({"reason": "检修完成"}),
@@ -271,7 +273,59 @@ async fn every_endpoint_answers_each_role_as_declared() {
                 )
                 .await;
             }
-            let path = concrete(spec.path, alarm);
+            let mut path = concrete(spec.path, alarm);
+            if spec.path.starts_with("/api/v1/drills/{id}") {
+                // A fresh drill per call (running at 1x), paused first for `resume`.
+                let eng = &sessions[2].1;
+                let id = format!("walk-{alarm}");
+                let s = send(
+                    &r,
+                    req(
+                        Method::POST,
+                        "/api/v1/drills",
+                        Some(eng),
+                        Some(json!({"id": id, "scenario": "walk", "speed": "1x"})),
+                    ),
+                )
+                .await;
+                assert_eq!(s.status, StatusCode::CREATED, "{}", s.text);
+                if spec.path.ends_with("/resume") {
+                    let s = send(
+                        &r,
+                        req(
+                            Method::POST,
+                            &format!("/api/v1/drills/{id}/pause"),
+                            Some(eng),
+                            Some(json!({})),
+                        ),
+                    )
+                    .await;
+                    assert_eq!(s.status, StatusCode::OK, "{}", s.text);
+                }
+                if spec.path.ends_with("/ack") {
+                    // The gas on-delay (2 s) passes before the drill alarm is up.
+                    let mut tries = 0;
+                    loop {
+                        let s = send(
+                            &r,
+                            req(
+                                Method::GET,
+                                &format!("/api/v1/drills/{id}"),
+                                Some(eng),
+                                None,
+                            ),
+                        )
+                        .await;
+                        if s.text.contains("\"unacknowledged\"") {
+                            break;
+                        }
+                        tries += 1;
+                        assert!(tries < 100, "no drill alarm: {}", s.text);
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+                path = spec.path.replace("{id}", &id);
+            }
             // Logging out ends the session: use a fresh one for that route.
             let own;
             let sess = if spec.path.ends_with("/logout") {

@@ -60,7 +60,7 @@ fn check(errs: Vec<FieldError>) -> Result<(), ApiError> {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn audit(
+pub(super) async fn audit(
     st: &AppState,
     p: &Principal,
     ext: &Extensions,

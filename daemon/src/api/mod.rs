@@ -31,6 +31,7 @@
 
 pub mod backend;
 pub mod console;
+mod drills;
 pub mod engine_backend;
 pub mod error;
 pub mod events;
@@ -111,6 +112,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Static park data.
     pub park: Arc<ParkInfo>,
+    /// Drills beside live monitoring (refused with 503 unless the daemon wires them, see
+    /// [`wire::serve_with_drills`]).
+    pub drills: Arc<crate::drill::live::Drills>,
 }
 
 impl AppState {
@@ -143,6 +147,7 @@ impl AppState {
             hub,
             metrics,
             park: Arc::new(park),
+            drills: Arc::new(crate::drill::live::Drills::unavailable()),
         })
     }
 }
@@ -293,6 +298,40 @@ pub fn route_table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             "/api/v1/users/{username}",
             a,
             delete(h::user_remove),
+        ),
+        // drills (演练): engineers run them, operators acknowledge drill alarms
+        r(Method::GET, "/api/v1/drills", v, get(drills::list)),
+        r(Method::POST, "/api/v1/drills", e, post(drills::start)),
+        r(Method::GET, "/api/v1/drills/{id}", v, get(drills::get)),
+        r(
+            Method::POST,
+            "/api/v1/drills/{id}/pause",
+            e,
+            post(drills::pause),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/drills/{id}/resume",
+            e,
+            post(drills::resume),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/drills/{id}/stop",
+            e,
+            post(drills::stop),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/drills/{id}/ack",
+            o,
+            post(drills::ack),
+        ),
+        r(
+            Method::GET,
+            "/api/v1/drills/{id}/report",
+            v,
+            get(drills::report),
         ),
         // live events
         r(Method::GET, "/api/v1/events", v, get(h::events)),

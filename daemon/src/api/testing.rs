@@ -713,6 +713,13 @@ impl TestApp {
         );
         let hub = Arc::new(EventHub::new(super::HubSettings::default(), 1));
         let backend = TestBackend::new(&park, hub.clone());
+        let backend_table = park.table.clone();
+        // Drills: scenario `walk` (an hour; E01-GT-101 at 9 ppm from the first step).
+        std::fs::create_dir_all(dir.path().join("scenarios"))?;
+        std::fs::write(
+            dir.path().join("scenarios/walk.toml"),
+            "[scenario]\nname = \"walk\"\nduration = \"1h\"\n\n[[event]]\nat = \"0s\"\naction = \"set\"\ntag = \"E01-GT-101\"\nvalue = 9.0\n",
+        )?;
         let state = super::AppState {
             backend: backend.clone(),
             auth: Arc::new(auth),
@@ -720,6 +727,17 @@ impl TestApp {
             hub,
             metrics: Arc::new(super::Metrics::default()),
             park,
+            drills: Arc::new(crate::drill::live::Drills::new(
+                crate::drill::live::DrillParts {
+                    table: backend_table.clone(),
+                    engine: parkguard_rules::engine::EngineConfig::default(),
+                    vote_groups: Vec::new(),
+                    journal: None,
+                    data_dir: dir.path().to_path_buf(),
+                    spool_dir: dir.path().join("spool"),
+                    shutdown: tokio_util::sync::CancellationToken::new(),
+                },
+            )),
         };
         Ok(Self {
             state,

@@ -47,6 +47,18 @@ pub async fn serve_with(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Served> {
+    let drills = Arc::new(crate::drill::live::Drills::unavailable());
+    serve_with_drills(cfg, parts, metrics, drills, shutdown).await
+}
+
+/// [`serve_with`] plus the drills that run beside the real path (`/api/v1/drills`).
+pub async fn serve_with_drills(
+    cfg: &ParkConfig,
+    parts: BackendParts,
+    metrics: Arc<Metrics>,
+    drills: Arc<crate::drill::live::Drills>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Served> {
     let tls = match (&cfg.api.tls_cert, &cfg.api.tls_key) {
         (Some(c), Some(k)) => Some(
             super::tls::acceptor(c, k)
@@ -83,6 +95,7 @@ pub async fn serve_with(
         .await
         .context("API state task")??
     };
+    let state = AppState { drills, ..state };
     let listener = tokio::net::TcpListener::bind(&cfg.api.listen)
         .await
         .with_context(|| format!("cannot listen on {} ([api] listen)", cfg.api.listen))?;

@@ -2,8 +2,10 @@
 //! later, replay of recorded data. A drill runs its own engine instance; its events carry
 //! the drill id and reach only channels marked for drills.
 
+pub mod archive;
 pub mod backtest;
 pub mod cli;
+pub mod live;
 pub mod plume;
 pub mod replay;
 pub mod runner;

@@ -48,8 +48,36 @@ pub struct DrillReport {
     pub never_acknowledged: Vec<String>,
     /// Time to acknowledge per alarm, seconds.
     pub time_to_ack_s: Vec<(String, f64)>,
+    /// Every first acknowledgement: alarm, operator, seconds from annunciation.
+    pub acks: Vec<AckTime>,
+    /// Time to acknowledge per operator.
+    pub per_operator: Vec<OperatorAcks>,
     /// KPIs over the drill.
     pub kpi: KpiReport,
+}
+
+/// One acknowledgement in a drill.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct AckTime {
+    /// Alarm id.
+    pub alarm: String,
+    /// Who acknowledged.
+    pub operator: String,
+    /// Seconds from the alarm's annunciation to the acknowledgement (drill clock).
+    pub seconds: f64,
+}
+
+/// Time to acknowledge of one operator.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct OperatorAcks {
+    /// Login name.
+    pub operator: String,
+    /// Alarms acknowledged.
+    pub acks: u32,
+    /// Mean time to acknowledge, seconds.
+    pub mean_s: f64,
+    /// Longest time to acknowledge, seconds.
+    pub max_s: f64,
 }
 
 /// Run `file` as drill `id` on `cfg`'s park. `speed` is the factor over real time (0 = as
@@ -117,6 +145,7 @@ pub fn report(
     let mut timeline = Vec::new();
     let mut raised: Vec<(String, Timestamp)> = Vec::new();
     let mut acked: Vec<(String, f64)> = Vec::new();
+    let mut acks: Vec<AckTime> = Vec::new();
     let alarms: Vec<AlarmEvent> = events
         .iter()
         .filter_map(|e| match e {
@@ -150,7 +179,13 @@ pub fn report(
                 if let Some((_, at)) = raised.iter().find(|(r, _)| *r == a.alarm)
                     && !acked.iter().any(|(r, _)| *r == a.alarm)
                 {
-                    acked.push((a.alarm.clone(), (a.time.0 - at.0) as f64 / 1e9));
+                    let seconds = (a.time.0 - at.0) as f64 / 1e9;
+                    acked.push((a.alarm.clone(), seconds));
+                    acks.push(AckTime {
+                        alarm: a.alarm.clone(),
+                        operator: a.user.clone().unwrap_or_default(),
+                        seconds,
+                    });
                 }
             }
             Event::Alarm(_) => {}
@@ -167,6 +202,22 @@ pub fn report(
         .filter(|(r, _)| !acked.iter().any(|(a, _)| a == r))
         .map(|(r, _)| r.clone())
         .collect();
+    let mut per_operator: Vec<OperatorAcks> = Vec::new();
+    for a in &acks {
+        match per_operator.iter_mut().find(|o| o.operator == a.operator) {
+            Some(o) => {
+                o.mean_s = (o.mean_s * f64::from(o.acks) + a.seconds) / f64::from(o.acks + 1);
+                o.acks += 1;
+                o.max_s = o.max_s.max(a.seconds);
+            }
+            None => per_operator.push(OperatorAcks {
+                operator: a.operator.clone(),
+                acks: 1,
+                mean_s: a.seconds,
+                max_s: a.seconds,
+            }),
+        }
+    }
     DrillReport {
         drill: id.to_string(),
         scenario: scenario.to_string(),
@@ -176,6 +227,8 @@ pub fn report(
         timeline,
         never_acknowledged,
         time_to_ack_s: acked,
+        acks,
+        per_operator,
         kpi: kpi::compute(&alarms, start, start + elapsed, &KpiConfig::default()),
     }
 }
@@ -196,6 +249,16 @@ pub fn html(r: &DrillReport) -> String {
             esc(&e.what),
             esc(&e.subject),
             e.value.map(|v| format!("{v:.2}")).unwrap_or_default()
+        ));
+    }
+    let mut ops = String::new();
+    for o in &r.per_operator {
+        ops.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td></tr>\n",
+            esc(&o.operator),
+            o.acks,
+            o.mean_s,
+            o.max_s
         ));
     }
     // A bar per 10-minute bucket: alarms per bucket, as inline SVG.
@@ -223,6 +286,7 @@ pub fn html(r: &DrillReport) -> String {
 <div class=\"banner\">演练 / DRILL — {id}</div><h1>演练报告 / Drill report</h1>\
 <p>场景 / scenario: {scenario}<br>时长 / duration: {dur:.0} s · 读数 / readings: {readings} · 报警 / alarms: {alarms}</p>\
 <h2>未确认报警 / never acknowledged</h2><p>{never}</p>\
+<h2>确认用时（按操作员）/ time to acknowledge per operator</h2><table><tr><th>操作员 / operator</th><th>确认数 / acks</th><th>平均 / mean (s)</th><th>最长 / max (s)</th></tr>\n{ops}</table>\
 <h2>报警最多的测点 / top sources</h2><svg width=\"520\" height=\"{h}\">{bars}</svg>\
 <h2>时间线 / timeline</h2><table><tr><th>t (s)</th><th>事件 / event</th><th>对象 / subject</th><th>值 / value</th></tr>\n{rows}</table></html>\n",
         id = esc(&r.drill),
