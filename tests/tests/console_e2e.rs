@@ -8,74 +8,18 @@
 
 mod console_common;
 
-use anyhow::{Context, Result, bail};
-use console_common::{ApiClient, Daemon, add_user, config, now_ms};
-use fantoccini::{Client, ClientBuilder, Locator};
+use anyhow::{Context, Result};
+use console_common::{
+    ApiClient, Daemon, add_user, click, config, js, now_ms, shot, type_into, wait_eq,
+};
+use fantoccini::{Client, ClientBuilder};
 use parkguard::store::journal::{EventFilter, Journal};
 use parkguard_tests::servers::{chromium, mosquitto};
 use serde_json::Value;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const OPERATOR: &str = "li.ban";
 const OPERATOR_PASS: &str = "operator-pass-4711";
-
-fn screenshot_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| parkguard_tests::tool::workspace_root().join("target"));
-    target.join("console-screenshots")
-}
-
-async fn shot(c: &Client, name: &str) -> Result<()> {
-    let dir = screenshot_dir();
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join(format!("e2e-{name}.png")), c.screenshot().await?)?;
-    Ok(())
-}
-
-/// Poll `script` until it returns `want`. The bound only stops a hung test; how long things
-/// took is printed, not asserted.
-async fn wait_eq(c: &Client, script: &str, want: Value, what: &str) -> Result<Duration> {
-    let start = Instant::now();
-    let mut last = Value::Null;
-    while start.elapsed() < Duration::from_secs(20) {
-        last = c.execute(script, vec![]).await?;
-        if last == want {
-            return Ok(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    bail!("{what}: waited 20 s for {want}, last saw {last}")
-}
-
-async fn js(c: &Client, script: &str) -> Result<Value> {
-    Ok(c.execute(script, vec![]).await?)
-}
-
-async fn click(c: &Client, css: &str) -> Result<()> {
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(css))
-        .await
-        .with_context(|| format!("find {css}"))?
-        .click()
-        .await
-        .with_context(|| format!("click {css}"))?;
-    Ok(())
-}
-
-async fn type_into(c: &Client, css: &str, text: &str) -> Result<()> {
-    let e = c
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(css))
-        .await
-        .with_context(|| format!("find {css}"))?;
-    e.clear().await?;
-    e.send_keys(text).await?;
-    Ok(())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_acknowledges_a_live_mqtt_alarm_through_the_real_binary() -> Result<()> {

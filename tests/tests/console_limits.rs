@@ -7,7 +7,10 @@
 mod console_common;
 
 use anyhow::{Context, Result, bail};
-use console_common::{ApiClient, Daemon, add_user, config, now_ms};
+use console_common::{
+    ApiClient, Daemon, add_user, browser, click, config, console_login, js, now_ms, select, shot,
+    type_into, wait_eq,
+};
 use parkguard_tests::servers::mosquitto;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -275,5 +278,172 @@ async fn limits_preview_class_change_persist_restore_and_config_wins() -> Result
         pg.log()
     );
     pg.stop()?;
+    Ok(())
+}
+
+/// The engineer's limits editor in headless Chromium over the real binary: preview a
+/// point's change on recorded history, change a class with a mandatory reason, restore an
+/// earlier version, and find the class change in the audit view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engineer_previews_changes_a_class_and_restores_in_the_console() -> Result<()> {
+    let broker = mosquitto::start()?;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    add_user(
+        &data.join("users.toml"),
+        ENGINEER,
+        "engineer",
+        ENGINEER_PASS,
+    )?;
+    let cfg = dir.path().join("park.toml");
+    std::fs::write(&cfg, config(&data, broker.port))?;
+    let (pg, api, base) = start(&cfg, &dir.path().join("run.log")).await?;
+    let h0 = api.get("/api/v1/limits/GT-2").await?["current"]["limits"]["h"]
+        .as_f64()
+        .context("configured h")?;
+    for v in [1.0, h0 + 3.0, 1.0, h0 + 3.0, 1.0] {
+        publish(&broker, "GT-2", v)?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    until("the readings in the archive", async || {
+        let h = api.get("/api/v1/points/GT-2/history?minutes=10").await?;
+        Ok((h["samples"].as_array().map_or(0, Vec::len) >= 5).then_some(()))
+    })
+    .await?;
+
+    let (_driver, c) = browser("engineer").await?;
+    let result = engineer_flow(&c, &base, h0).await;
+    if result.is_err() {
+        let _ = shot(&c, "limits-failure").await;
+    }
+    c.close().await?;
+    result?;
+
+    // What the console did is what the engine and the store hold.
+    let v = versions(&api, "GT-2").await?;
+    assert_eq!(v.len(), 3, "{v:?}");
+    assert_eq!(v[1]["limits"]["h"], h0 + 5.0, "{v:?}");
+    assert_eq!(v[1]["changed_by"], ENGINEER);
+    assert_eq!(v[2]["limits"]["h"], h0, "restored: {v:?}");
+    assert_eq!(versions(&api, "GT-1").await?.len(), 1, "E1 untouched");
+    pg.stop()?;
+    Ok(())
+}
+
+async fn engineer_flow(c: &fantoccini::Client, base: &str, h0: f64) -> Result<()> {
+    console_login(c, base, ENGINEER, ENGINEER_PASS).await?;
+
+    // Point editor: preview level-1 at h0 + 5 over the last hour.
+    c.goto(&format!("{base}/#/limits/GT-2")).await?;
+    type_into(c, "#lim-h", &format!("{}", h0 + 5.0)).await?;
+    type_into(c, "#lim-hours", "1").await?;
+    click(c, "#lim-preview").await?;
+    let cell = |table: &str, row: usize, col: usize| {
+        format!(
+            "return document.querySelector('{table} tbody tr:nth-child({row}) td:nth-child({col})')?.textContent ?? null"
+        )
+    };
+    wait_eq(
+        c,
+        &cell("#lim-preview-out #pv-totals", 1, 2),
+        "2".into(),
+        "alarms with the current limits",
+    )
+    .await?;
+    assert_eq!(
+        js(c, &cell("#lim-preview-out #pv-totals", 1, 3)).await?,
+        "0",
+        "alarms with the candidate limits"
+    );
+    assert_eq!(
+        js(
+            c,
+            "return document.querySelector('#pv-readings').textContent"
+        )
+        .await?,
+        "5"
+    );
+    shot(c, "limits-01-preview").await?;
+
+    // Class editor: every combustible point of E2.
+    c.goto(&format!("{base}/#/limits")).await?;
+    select(c, "#cls-enterprise", "E2").await?;
+    select(c, "#cls-kind", "combustible").await?;
+    let matched = js(
+        c,
+        "return document.querySelector('#cls-matched').textContent",
+    )
+    .await?;
+    let matched = matched.as_str().unwrap_or_default();
+    assert!(
+        matched.contains("GT-2") && !matched.contains("GT-1"),
+        "{matched}"
+    );
+    type_into(c, "#cls-h", &format!("{}", h0 + 5.0)).await?;
+    type_into(c, "#cls-hours", "1").await?;
+    click(c, "#cls-preview").await?;
+    wait_eq(
+        c,
+        &cell("#cls-preview-out #pv-totals", 1, 3),
+        "0".into(),
+        "class preview",
+    )
+    .await?;
+    click(c, "#cls-save").await?;
+    wait_eq(
+        c,
+        "return document.querySelector('#cls-msg').textContent",
+        "请填写原因".into(),
+        "reason is mandatory",
+    )
+    .await?;
+    type_into(c, "#cls-reason", "E2 装卸区检测器更换为红外型").await?;
+    click(c, "#cls-save").await?;
+    wait_eq(
+        c,
+        "return document.querySelector('#cls-msg').textContent",
+        "已保存 (1)".into(),
+        "class saved",
+    )
+    .await?;
+    shot(c, "limits-02-class").await?;
+
+    // The point's history shows the class change; restore version 1 with a reason.
+    c.goto(&format!("{base}/#/limits/GT-2")).await?;
+    wait_eq(
+        c,
+        "return document.querySelectorAll('#lim-versions tbody tr').length",
+        2.into(),
+        "two versions",
+    )
+    .await?;
+    type_into(c, "#lim-reason", "红外型检测器到货延期，恢复原设定").await?;
+    click(c, "[data-restore='1']").await?;
+    wait_eq(
+        c,
+        "return document.querySelectorAll('#lim-versions tbody tr').length",
+        3.into(),
+        "restored as version 3",
+    )
+    .await?;
+    shot(c, "limits-03-restored").await?;
+
+    // The audit view lists the class change with its reason.
+    c.goto(&format!("{base}/#/audit")).await?;
+    let row = "const r = document.querySelector(\"#audit-table tr[data-action='limits.class']\"); return r ? r.textContent : null";
+    let start = Instant::now();
+    let text = loop {
+        if let Some(s) = js(c, row).await?.as_str() {
+            break s.to_string();
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!("no limits.class row in the audit view");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(text.contains("E2 装卸区检测器更换为红外型"), "{text}");
+    assert!(text.contains(ENGINEER), "{text}");
+    shot(c, "limits-04-audit").await?;
     Ok(())
 }

@@ -416,6 +416,29 @@ impl EngineBackend {
             .ok_or_else(|| BackendError::NotFound(format!("no active alarm with id {id}")))
     }
 
+    /// [`Self::find_alarm`], waiting for up to two newer snapshots when the alarm is not
+    /// in the current one: the engine broadcasts an alarm's events at once but publishes
+    /// its snapshot on the next tick (≤ 1 s later), so an operator who acknowledges an
+    /// alarm the moment it appears would otherwise get a 404.
+    async fn find_alarm_fresh(&self, id: u64) -> Result<EAlarm, BackendError> {
+        if let Ok(a) = self.find_alarm(id) {
+            return Ok(a);
+        }
+        let mut rx = self.parts.engine.snapshot.clone();
+        rx.mark_unchanged();
+        for _ in 0..2 {
+            match tokio::time::timeout(SNAPSHOT_FRESH, rx.changed()).await {
+                Ok(Ok(())) => {
+                    if let Ok(a) = self.find_alarm(id) {
+                        return Ok(a);
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.find_alarm(id)
+    }
+
     async fn run(&self, cmd: Command) -> Result<usize, BackendError> {
         match tokio::time::timeout(ENGINE_TIMEOUT, self.parts.engine.command(cmd)).await {
             Err(_) => Err(BackendError::Unavailable(
@@ -1125,7 +1148,7 @@ impl ApiBackend for EngineBackend {
         by: Actor,
     ) -> BoxFut<'_, Result<(AlarmView, AlarmView), BackendError>> {
         Box::pin(async move {
-            let a = self.find_alarm(id)?;
+            let a = self.find_alarm_fresh(id).await?;
             let before = self.alarm_view(&a);
             let nonempty = |s: String| (!s.trim().is_empty()).then_some(s);
             let command = match cmd {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use anyhow::{Context, Result, bail};
+use fantoccini::{Client, Locator};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -282,4 +283,116 @@ impl ApiClient {
         let v: Value = r.json().await.unwrap_or(Value::Null);
         Ok((status, v))
     }
+}
+
+// ------------------------------------------------------------------ browser helpers
+
+pub fn screenshot_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| parkguard_tests::tool::workspace_root().join("target"));
+    target.join("console-screenshots")
+}
+
+pub async fn shot(c: &Client, name: &str) -> Result<()> {
+    let dir = screenshot_dir();
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(format!("e2e-{name}.png")), c.screenshot().await?)?;
+    Ok(())
+}
+
+/// Poll `script` until it returns `want`. The bound only stops a hung test; how long things
+/// took is printed, not asserted.
+pub async fn wait_eq(c: &Client, script: &str, want: Value, what: &str) -> Result<Duration> {
+    let start = Instant::now();
+    let mut last = Value::Null;
+    while start.elapsed() < Duration::from_secs(20) {
+        last = c.execute(script, vec![]).await?;
+        if last == want {
+            return Ok(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("{what}: waited 20 s for {want}, last saw {last}")
+}
+
+pub async fn js(c: &Client, script: &str) -> Result<Value> {
+    Ok(c.execute(script, vec![]).await?)
+}
+
+pub async fn click(c: &Client, css: &str) -> Result<()> {
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+        .with_context(|| format!("find {css}"))?
+        .click()
+        .await
+        .with_context(|| format!("click {css}"))?;
+    Ok(())
+}
+
+pub async fn type_into(c: &Client, css: &str, text: &str) -> Result<()> {
+    let e = c
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+        .with_context(|| format!("find {css}"))?;
+    e.clear().await?;
+    e.send_keys(text).await?;
+    Ok(())
+}
+
+/// Headless Chromium over chromedriver (both killed when the returned server drops).
+pub async fn browser(profile: &str) -> Result<(parkguard_tests::Server, Client)> {
+    use parkguard_tests::servers::chromium;
+    let driver = chromium::start()?;
+    let dir = chromium::profile_dir(&driver, profile)?;
+    let caps = chromium::capabilities(&dir, 1400, 1000);
+    let caps = caps.as_object().cloned().context("capabilities object")?;
+    // Plain HTTP: chromedriver listens on loopback only.
+    let http = hyper_util::client::legacy::connect::HttpConnector::new();
+    let c = fantoccini::ClientBuilder::new(http)
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .context("WebDriver session")?;
+    Ok((driver, c))
+}
+
+/// Log in through the console's form.
+pub async fn console_login(c: &Client, base: &str, user: &str, password: &str) -> Result<()> {
+    c.goto(base).await?;
+    wait_eq(
+        c,
+        "return !document.querySelector('#login').hidden",
+        Value::Bool(true),
+        "login page",
+    )
+    .await?;
+    type_into(c, "#username", user).await?;
+    type_into(c, "#password", password).await?;
+    click(c, "#login-btn").await?;
+    wait_eq(
+        c,
+        "return !document.querySelector('#app').hidden",
+        Value::Bool(true),
+        "console after login",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Choose `value` in the `<select>` at `css`.
+pub async fn select(c: &Client, css: &str, value: &str) -> Result<()> {
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+        .with_context(|| format!("find {css}"))?
+        .select_by_value(value)
+        .await
+        .with_context(|| format!("select {value} in {css}"))?;
+    Ok(())
 }
