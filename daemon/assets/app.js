@@ -31,6 +31,10 @@ const I18N = {
     save: '保存', versions: '历史版本', version: '版本', changed_by: '修改人', restore: '恢复此版本',
     saved: '已保存', engineer_only: '仅工程师可修改', on_delay: '延时报警(s)', off_delay: '延时恢复(s)',
     deadband: '死区', no_change: '没有改动',
+    preview: '预演（历史回放）', preview_hours: '回放时长(h)', preview_title: '若采用新阈值：近期历史回放结果', readings: '回放读数',
+    with_current: '现行阈值', with_candidate: '新阈值', alarms_n: '报警次数', time_in_alarm: '报警持续(s)', chattering_points: '振荡位号',
+    first_alarm_delta: '首报时间变化(s)', class_title: '按类别批量调整', cls_enterprise: '企业', cls_kind: '类型', cls_gas: '气体',
+    any: '（全部）', keep: '不变', matched: '匹配位号', apply_class: '批量保存',
     audit_title: '审计日志', verify: '校验哈希链', chain_ok: '哈希链完整', chain_bad: '哈希链被篡改',
     who: '操作人', why: '原因', ip: '来源', what: '操作', target: '对象', before: '修改前', after: '修改后',
     unmapped_title: '未映射数据', source: '来源', key: '键', count_seen: '次数', last_seen: '最近', sample: '样例',
@@ -63,6 +67,10 @@ const I18N = {
     save: 'Save', versions: 'Versions', version: 'Version', changed_by: 'Changed by', restore: 'Restore',
     saved: 'Saved', engineer_only: 'Engineers only', on_delay: 'On-delay (s)', off_delay: 'Off-delay (s)',
     deadband: 'Deadband', no_change: 'Nothing changed',
+    preview: 'Preview (replay history)', preview_hours: 'Replay (h)', preview_title: 'What the new limits would have done on recent history', readings: 'Readings replayed',
+    with_current: 'Current limits', with_candidate: 'New limits', alarms_n: 'Alarms', time_in_alarm: 'Time in alarm (s)', chattering_points: 'Chattering points',
+    first_alarm_delta: 'First alarm shift (s)', class_title: 'Change a class of points', cls_enterprise: 'Enterprise', cls_kind: 'Kind', cls_gas: 'Gas',
+    any: '(any)', keep: 'keep', matched: 'Matched points', apply_class: 'Save for the class',
     audit_title: 'Audit log', verify: 'Verify hash chain', chain_ok: 'Hash chain intact', chain_bad: 'Hash chain broken',
     who: 'Who', why: 'Reason', ip: 'From', what: 'What', target: 'Target', before: 'Before', after: 'After',
     unmapped_title: 'Unmapped data', source: 'Source', key: 'Key', count_seen: 'Count', last_seen: 'Last seen', sample: 'Sample',
@@ -485,6 +493,69 @@ async function renderKpi() {
 
 // ------------------------------------------------------------------ limits editor
 const LIMIT_FIELDS = [['hh', 'HH'], ['h', 'H'], ['l', 'L'], ['ll', 'LL'], ['deadband', 'deadband'], ['on_delay_s', 'on_delay'], ['off_delay_s', 'off_delay']];
+function previewTable(r) {
+  const row = (k, a, b) => `<tr><td>${esc(t(k))}</td><td class="num">${esc(a)}</td><td class="num changed">${esc(b)}</td></tr>`;
+  const pts = (r.points || []).map((d) => `<tr data-tag="${esc(d.tag)}"><td>${esc(d.tag)}</td><td class="num">${d.current.alarms}</td><td class="num changed">${d.candidate.alarms}</td>
+    <td class="num">${esc(fmtNum(d.current.time_in_alarm_s))}</td><td class="num changed">${esc(fmtNum(d.candidate.time_in_alarm_s))}</td><td class="num">${esc(d.first_alarm_delta_s == null ? '—' : fmtNum(d.first_alarm_delta_s))}</td></tr>`).join('');
+  return `<h3>${esc(t('preview_title'))}</h3>
+    <p class="muted">${esc(fmtTime(r.from_ms))} – ${esc(fmtTime(r.to_ms))} · ${esc(t('readings'))} <span id="pv-readings">${r.readings}</span></p>
+    <table id="pv-totals"><thead><tr><th></th><th>${esc(t('with_current'))}</th><th>${esc(t('with_candidate'))}</th></tr></thead><tbody>
+    ${row('alarms_n', r.current.alarms, r.candidate.alarms)}${row('time_in_alarm', fmtNum(r.current.time_in_alarm_s), fmtNum(r.candidate.time_in_alarm_s))}${row('chattering_points', r.current.chattering_points, r.candidate.chattering_points)}</tbody></table>
+    ${pts ? `<table id="pv-points"><thead><tr><th></th><th colspan="2">${esc(t('alarms_n'))}</th><th colspan="2">${esc(t('time_in_alarm'))}</th><th>${esc(t('first_alarm_delta'))}</th></tr></thead><tbody>${pts}</tbody></table>` : ''}`;
+}
+async function runPreview(out, path, body) {
+  out.innerHTML = '<p class="muted">…</p>';
+  try { out.innerHTML = previewTable(await api('POST', path, body)); } catch (e) { out.innerHTML = `<p class="error" id="pv-error">${esc(e.message)}</p>`; }
+}
+const KINDS = ['combustible', 'toxic', 'oxygen', 'pressure', 'temperature', 'level', 'flow', 'other'];
+function renderClassEditor(eng) {
+  const ents = (S.park && S.park.enterprises) || [];
+  const parkPoints = (S.park && S.park.points) || [];
+  const gases = [...new Set(parkPoints.map((p) => p.gas).filter(Boolean))];
+  const sel = (id, opts) => `<select id="${id}" ${eng ? '' : 'disabled'}><option value="">${esc(t('any'))}</option>${opts.map(([v, l]) => `<option value="${esc(v)}">${esc(l)}</option>`).join('')}</select>`;
+  const el = document.createElement('section');
+  el.id = 'cls';
+  el.innerHTML = `<h2>${esc(t('class_title'))}</h2>
+    <div class="form-grid"><label>${esc(t('cls_enterprise'))}${sel('cls-enterprise', ents.map((e) => [e.code, `${e.code} ${e.name}`]))}</label>
+    <label>${esc(t('cls_kind'))}${sel('cls-kind', KINDS.map((k) => [k, k]))}</label>
+    <label>${esc(t('cls_gas'))}${sel('cls-gas', gases.map((g) => [g, g]))}</label></div>
+    <p class="muted">${esc(t('matched'))}: <span id="cls-matched"></span></p>
+    <div class="form-grid">${LIMIT_FIELDS.map(([k, l]) => `<label>${esc(k === 'deadband' ? t('deadband') : k === 'on_delay_s' ? t('on_delay') : k === 'off_delay_s' ? t('off_delay') : l)}<input id="cls-${k}" type="number" step="any" placeholder="${esc(t('keep'))}" ${eng ? '' : 'disabled'}></label>`).join('')}</div>
+    <label>${esc(t('reason'))}<textarea id="cls-reason" rows="2" ${eng ? '' : 'disabled'}></textarea></label>
+    <p><label>${esc(t('preview_hours'))} <input id="cls-hours" type="number" value="24" min="1" max="168"></label>
+    <button id="cls-preview" ${eng ? '' : 'disabled'}>${esc(t('preview'))}</button>
+    <button id="cls-save" class="primary" ${eng ? '' : 'disabled'}>${esc(t('apply_class'))}</button> <span id="cls-msg"></span></p>
+    <div id="cls-preview-out"></div>`;
+  $('#view').appendChild(el);
+  const selector = () => {
+    const o = {};
+    for (const k of ['enterprise', 'kind', 'gas']) { const v = $('#cls-' + k).value; if (v) o[k] = v; }
+    return o;
+  };
+  const set = () => {
+    const o = {};
+    for (const [k] of LIMIT_FIELDS) { const v = $('#cls-' + k).value.trim(); if (v !== '') o[k] = Number(v); }
+    return o;
+  };
+  const matched = () => {
+    const s = selector();
+    const list = parkPoints.filter((p) => (!s.enterprise || p.enterprise === s.enterprise) && (!s.kind || p.kind === s.kind) && (!s.gas || p.gas === s.gas));
+    $('#cls-matched').textContent = Object.keys(s).length ? `${list.length} — ${list.map((p) => p.tag).join(', ')}` : '—';
+  };
+  el.querySelectorAll('select').forEach((x) => { x.onchange = matched; });
+  matched();
+  const msg = (text, ok) => { const m = $('#cls-msg'); m.textContent = text; m.className = ok ? 'ok' : 'error'; };
+  const errText = (e) => (e.data && e.data.fields ? e.data.fields.map((f) => `${f.field}: ${f.message}`).join('; ') : e.message);
+  $('#cls-preview').onclick = () => runPreview($('#cls-preview-out'), '/api/v1/class-limits/preview', { selector: selector(), set: set(), hours: Number($('#cls-hours').value) || 24 });
+  $('#cls-save').onclick = async () => {
+    const reason = $('#cls-reason').value.trim();
+    if (!reason) { msg(t('reason_required'), false); return; }
+    try {
+      const r = await api('PUT', '/api/v1/class-limits', { selector: selector(), set: set(), reason });
+      msg(`${t('saved')} (${r.points.length})`, true);
+    } catch (e) { msg(errText(e), false); }
+  };
+}
 async function renderLimits([tag]) {
   const tags = [...S.points.keys()];
   const eng = hasRole('engineer');
@@ -492,7 +563,7 @@ async function renderLimits([tag]) {
     <p><label>${esc(t('choose_point'))} <input id="lim-tag" list="tags" value="${esc(tag || '')}"></label><datalist id="tags">${tags.map((x) => `<option value="${esc(x)}">`).join('')}</datalist>
     <button id="lim-load">${esc(t('load'))}</button> ${eng ? '' : `<span class="muted">${esc(t('engineer_only'))}</span>`}</p><div id="lim-body"></div>`;
   $('#lim-load').onclick = () => { location.hash = '#/limits/' + encodeURIComponent($('#lim-tag').value.trim()); };
-  if (!tag) return;
+  if (!tag) { renderClassEditor(eng); return; }
   let cur; let versions;
   try {
     [cur, versions] = await Promise.all([api('GET', `/api/v1/limits/${encodeURIComponent(tag)}`), api('GET', `/api/v1/limits/${encodeURIComponent(tag)}/versions`)]);
@@ -503,7 +574,10 @@ async function renderLimits([tag]) {
     <div class="form-grid">${LIMIT_FIELDS.map(([k, l]) => `<label>${esc(label(k, l))}<input id="lim-${k}" data-k="${k}" type="number" step="any" value="${c[k] ?? ''}" ${eng ? '' : 'disabled'}></label>`).join('')}</div>
     <div id="lim-diff"></div>
     <label>${esc(t('reason'))}<textarea id="lim-reason" rows="2" ${eng ? '' : 'disabled'}></textarea></label>
-    <p><button id="lim-save" class="primary" ${eng ? '' : 'disabled'}>${esc(t('save'))}</button> <span id="lim-msg"></span></p>
+    <p><label>${esc(t('preview_hours'))} <input id="lim-hours" type="number" value="24" min="1" max="168"></label>
+    <button id="lim-preview" ${eng ? '' : 'disabled'}>${esc(t('preview'))}</button>
+    <button id="lim-save" class="primary" ${eng ? '' : 'disabled'}>${esc(t('save'))}</button> <span id="lim-msg"></span></p>
+    <div id="lim-preview-out"></div>
     <h2>${esc(t('versions'))}</h2><table id="lim-versions"><thead><tr><th>${esc(t('version'))}</th><th>${esc(t('time'))}</th><th>${esc(t('changed_by'))}</th><th>HH / H / L / LL</th><th>${esc(t('why'))}</th><th></th></tr></thead><tbody>
     ${versions.slice().reverse().map((v) => `<tr><td>${v.version}</td><td>${esc(v.changed_ms ? fmtTime(v.changed_ms) : '—')}</td><td>${esc(v.changed_by)}</td>
       <td class="num">${[v.limits.hh, v.limits.h, v.limits.l, v.limits.ll].map(fmtNum).join(' / ')}</td><td>${esc(v.reason)}</td>
@@ -524,6 +598,7 @@ async function renderLimits([tag]) {
   diff();
   const msg = (text, ok) => { const m = $('#lim-msg'); m.textContent = text; m.className = ok ? 'ok' : 'error'; };
   if (S.limMsg && S.limMsg.tag === tag && Date.now() < S.limMsg.until) msg(S.limMsg.text, true);
+  $('#lim-preview').onclick = () => runPreview($('#lim-preview-out'), `/api/v1/limits/${encodeURIComponent(tag)}/preview`, { limits: read(), hours: Number($('#lim-hours').value) || 24 });
   $('#lim-save').onclick = async () => {
     const reason = $('#lim-reason').value.trim();
     if (!reason) { msg(t('reason_required'), false); return; }

@@ -143,6 +143,19 @@ fn valid_body(method: &Method, path: &str) -> Option<Value> {
             json!({"reason": "标定"})
         }
         p if p.ends_with("/restore") => json!({"version": 1, "reason": "恢复原值"}),
+        "/api/v1/class-limits" => json!({
+            "selector": {"enterprise": "E01", "kind": "combustible"},
+            "set": {"on_delay_s": 3},
+            "reason": "按GB/T 50493复核"
+        }),
+        "/api/v1/class-limits/preview" => json!({
+            "selector": {"enterprise": "E01", "kind": "combustible"},
+            "set": {"on_delay_s": 3}
+        }),
+        p if p.ends_with("/preview") => json!({
+            "limits": {"hh": 0.68, "h": 0.34, "l": null, "ll": null, "deadband": 0.05, "on_delay_s": 2, "off_delay_s": 0},
+            "hours": 1
+        }),
         p if p.starts_with("/api/v1/limits/") => json!({
             "limits": {"hh": 0.68, "h": 0.34, "l": null, "ll": null, "deadband": 0.05, "on_delay_s": 2, "off_delay_s": 0},
             "reason": "按GB/T 50493复核"
@@ -161,6 +174,20 @@ fn concrete(path: &str, alarm: u64) -> String {
 #[tokio::test]
 async fn every_endpoint_answers_each_role_as_declared() {
     let app = app();
+    // Recorded history for the backtest previews.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64;
+    for tag in ["E01-GT-101", "E01-GT-102"] {
+        for i in 0..10 {
+            app.backend.set_value(
+                tag,
+                0.1 + f64::from(i) * 0.05,
+                now - 600_000 + i64::from(i) * 60_000,
+            );
+        }
+    }
     let r = app.router();
     let mut sessions = Vec::new();
     for (u, role, pw) in USERS {

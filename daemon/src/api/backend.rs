@@ -446,6 +446,37 @@ pub trait ApiBackend: Send + Sync + 'static {
         reason: String,
         by: Actor,
     ) -> BoxFut<'_, Result<(LimitsVersion, LimitsVersion), BackendError>>;
+    /// Apply several points' limits as one change (a class change): all or none — a
+    /// failure on any point restores the ones already applied. Returns (before, after)
+    /// per point. The API validated them already. Default: not supported (503).
+    fn set_limits_many(
+        &self,
+        changes: Vec<(String, AlarmLimits)>,
+        reason: String,
+        by: Actor,
+    ) -> BoxFut<'_, Result<Vec<(LimitsVersion, LimitsVersion)>, BackendError>> {
+        let _ = (changes, reason, by);
+        Box::pin(async {
+            Err(BackendError::Unavailable(
+                "class changes are not supported by this backend".into(),
+            ))
+        })
+    }
+    /// What candidate limits would have done on the recorded history of the last `hours`
+    /// compared with the current limits (a backtest report as JSON). Default: not
+    /// supported (503).
+    fn backtest_limits(
+        &self,
+        candidate: Vec<(String, AlarmLimits)>,
+        hours: u32,
+    ) -> BoxFut<'_, Result<serde_json::Value, BackendError>> {
+        let _ = (candidate, hours);
+        Box::pin(async {
+            Err(BackendError::Unavailable(
+                "backtests are not supported by this backend".into(),
+            ))
+        })
+    }
     /// Alarm KPIs as JSON. The console reads: `alarms_per_10min: [{t: ms, n}]`,
     /// `floods: n`, `chattering: [..]` (length shown), `top10: [{point, count}]`,
     /// `priority_mix: {high, medium, low}`; other keys are passed through.

@@ -7,9 +7,12 @@
 //! - Alarm and warning history and the KPIs are read from the journal over a read-only
 //!   SQLite connection (empty when the daemon runs without a journal).
 //! - Point history is read from the spool archive (empty without one).
-//! - Limit versions are kept **in memory**: version 1 is the configured limits, each change
-//!   adds one. They are lost on restart, like the limits themselves (the engine starts from
-//!   the configuration); every change is in the hash-chained audit log.
+//! - Limit versions: version 1 is the configured limits, each change adds one. With a
+//!   [`LimitsStore`] attached ([`EngineBackend::restore_limits`], done by `wire::serve`
+//!   with `<data.dir>/limits.sqlite`) every version is stored before the change is
+//!   answered, and at start the latest stored version is applied to the engine again —
+//!   unless the configuration file's limits changed since, in which case the file wins
+//!   and that is recorded as a new version. Every change is also in the audit log.
 //!
 //! Alarm ids on the wire: the engine names alarms `TAG:HH`; the API's numeric `id` is a
 //! stable 53-bit FNV-1a hash of that name ([`alarm_num`]), so it survives restarts and is
@@ -19,6 +22,7 @@
 
 use super::backend::*;
 use super::events::EventHub;
+use super::limits::{LimitsStore, Origin, StoredVersion, runtime_limits, validate_limits};
 use crate::engine_task::EngineHandle;
 use crate::store::journal::{EventFilter, Journal, RecordKind};
 use parkguard_rules::alarm::{AlarmEvent, AlarmState as EState, Condition, EventKind, SourceKind};
@@ -26,7 +30,7 @@ use parkguard_rules::engine::{
     AlarmView as EAlarm, Command, CommandError, EngineConfig, Event, Snapshot,
 };
 use parkguard_rules::warning::WarningScope;
-use parkguard_rules::{AlarmLimits, PointTable, Timestamp};
+use parkguard_rules::{AlarmLimits, PointId, PointTable, Timestamp};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -82,6 +86,8 @@ pub struct EngineBackend {
     shared: Mutex<Shared>,
     /// Serialises limit changes (check version, apply, record).
     limits_lock: tokio::sync::Mutex<()>,
+    /// Where limit versions are persisted (none: in memory only).
+    limits_store: std::sync::OnceLock<Arc<LimitsStore>>,
     started: Instant,
 }
 
@@ -91,6 +97,8 @@ const ENGINE_TIMEOUT: Duration = Duration::from_secs(5);
 const SNAPSHOT_FRESH: Duration = Duration::from_secs(5);
 /// Most samples one history request returns.
 const MAX_SAMPLES: usize = 100_000;
+/// Most readings one backtest preview replays (bounds its memory and time).
+const MAX_BACKTEST_READINGS: usize = 2_000_000;
 
 /// The wire id of an alarm name: 53-bit FNV-1a (stable, exact in JavaScript).
 pub fn alarm_num(alarm: &str) -> u64 {
@@ -196,6 +204,7 @@ impl EngineBackend {
             parts,
             shared: Mutex::new(Shared::default()),
             limits_lock: tokio::sync::Mutex::new(()),
+            limits_store: std::sync::OnceLock::new(),
             started: Instant::now(),
         });
         if let Some(j) = me.journal()
@@ -407,6 +416,29 @@ impl EngineBackend {
             .ok_or_else(|| BackendError::NotFound(format!("no active alarm with id {id}")))
     }
 
+    /// [`Self::find_alarm`], waiting for up to two newer snapshots when the alarm is not
+    /// in the current one: the engine broadcasts an alarm's events at once but publishes
+    /// its snapshot on the next tick (≤ 1 s later), so an operator who acknowledges an
+    /// alarm the moment it appears would otherwise get a 404.
+    async fn find_alarm_fresh(&self, id: u64) -> Result<EAlarm, BackendError> {
+        if let Ok(a) = self.find_alarm(id) {
+            return Ok(a);
+        }
+        let mut rx = self.parts.engine.snapshot.clone();
+        rx.mark_unchanged();
+        for _ in 0..2 {
+            match tokio::time::timeout(SNAPSHOT_FRESH, rx.changed()).await {
+                Ok(Ok(())) => {
+                    if let Ok(a) = self.find_alarm(id) {
+                        return Ok(a);
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.find_alarm(id)
+    }
+
     async fn run(&self, cmd: Command) -> Result<usize, BackendError> {
         match tokio::time::timeout(ENGINE_TIMEOUT, self.parts.engine.command(cmd)).await {
             Err(_) => Err(BackendError::Unavailable(
@@ -417,6 +449,297 @@ impl EngineBackend {
             )),
             Ok(Some(r)) => r.map_err(command_error),
         }
+    }
+
+    /// Replace one point's limits in the engine.
+    async fn replace(&self, point: PointId, limits: AlarmLimits) -> Result<(), BackendError> {
+        match tokio::time::timeout(
+            ENGINE_TIMEOUT,
+            self.parts.engine.replace_limits(point, limits),
+        )
+        .await
+        {
+            Err(_) => Err(BackendError::Unavailable(
+                "the engine did not answer within 5 s".into(),
+            )),
+            Ok(None) => Err(BackendError::Unavailable(
+                "the engine is not running".into(),
+            )),
+            Ok(Some(Err(errs))) => Err(BackendError::Invalid(
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
+            Ok(Some(Ok(()))) => Ok(()),
+        }
+    }
+
+    /// Put back limits already replaced (best effort: a failure here is logged; the
+    /// engine then runs the new limits of that point, which passed validation).
+    async fn roll_back(&self, applied: Vec<(PointId, AlarmLimits)>) {
+        for (point, old) in applied.into_iter().rev() {
+            if let Err(e) = self.replace(point, old).await {
+                tracing::error!(point = point.0, error = %e, "cannot roll back limits");
+            }
+        }
+    }
+
+    /// Check versions, apply every change to the engine (rolling back on the first
+    /// failure), persist all versions in one transaction (rolling back the engine if that
+    /// fails), then remember them. Serialised by `limits_lock`.
+    async fn apply_many(
+        &self,
+        changes: Vec<(String, AlarmLimits, Option<u32>)>,
+        reason: String,
+        by: Actor,
+    ) -> Result<Vec<(LimitsVersion, LimitsVersion)>, BackendError> {
+        let _guard = self.limits_lock.lock().await;
+        let mut plan = Vec::with_capacity(changes.len());
+        for (tag, limits, expected) in changes {
+            let point = self
+                .parts
+                .table
+                .by_tag(&tag)
+                .ok_or_else(|| BackendError::NotFound(format!("no point with tag `{tag}`")))?;
+            let versions = self.versions_of(&tag);
+            let before = versions
+                .last()
+                .cloned()
+                .ok_or_else(|| BackendError::NotFound(format!("no point with tag `{tag}`")))?;
+            if let Some(exp) = expected
+                && exp != before.version
+            {
+                return Err(BackendError::Conflict(format!(
+                    "limits of `{tag}` are at version {}, not {exp}: reload and try again",
+                    before.version
+                )));
+            }
+            let old = if before.version == 1 {
+                point.limits.clone()
+            } else {
+                runtime_limits(point, &before.limits)
+            };
+            plan.push((point.id, limits, old, before, versions));
+        }
+        let mut applied = Vec::with_capacity(plan.len());
+        for (point, limits, old, _, _) in &plan {
+            if let Err(e) = self.replace(*point, limits.clone()).await {
+                self.roll_back(applied).await;
+                return Err(e);
+            }
+            applied.push((*point, old.clone()));
+        }
+        let now = now_ms();
+        let mut out = Vec::with_capacity(plan.len());
+        let mut rows = Vec::new();
+        let mut lists = Vec::new();
+        for (_, limits, _, before, mut versions) in plan {
+            let after = LimitsVersion {
+                tag: before.tag.clone(),
+                version: before.version + 1,
+                limits: LimitsDto::from(&limits),
+                changed_by: by.username.clone(),
+                changed_ms: now,
+                reason: reason.clone(),
+            };
+            if before.version == 1 {
+                // The configured version is stored with the first change, so that a
+                // restart can tell whether the configuration file changed since.
+                rows.push(StoredVersion {
+                    version: before.clone(),
+                    origin: Origin::Config,
+                });
+            }
+            rows.push(StoredVersion {
+                version: after.clone(),
+                origin: Origin::Api,
+            });
+            versions.push(after.clone());
+            lists.push(versions);
+            out.push((before, after));
+        }
+        if let Some(store) = self.limits_store.get().cloned() {
+            let change_id = (out.len() > 1).then_some(now);
+            let res = tokio::task::spawn_blocking(move || store.append(&rows, change_id)).await;
+            let err = match res {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = err {
+                tracing::error!(error = %e, "cannot persist limits: change rolled back");
+                self.roll_back(applied).await;
+                return Err(BackendError::Unavailable(format!(
+                    "the limits could not be stored ({e}); nothing was changed"
+                )));
+            }
+        }
+        let mut g = lock(&self.shared);
+        for versions in lists {
+            if let Some(tag) = versions.last().map(|v| v.tag.clone()) {
+                g.versions.insert(tag, versions);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Attach the limits store and bring the engine to the stored limits: for each point
+    /// with stored versions, the latest is applied again if the configuration file still
+    /// has the limits it had when they were stored; if the file changed since, the file
+    /// wins and that is stored as a new version (`changed_by = config`). A stored version
+    /// that no longer validates against the point (its range changed) is not applied
+    /// either. Call once, at start.
+    pub async fn restore_limits(&self, store: LimitsStore) -> anyhow::Result<()> {
+        let store = Arc::new(store);
+        let all = {
+            let s = store.clone();
+            tokio::task::spawn_blocking(move || s.all()).await??
+        };
+        let _guard = self.limits_lock.lock().await;
+        let now = now_ms();
+        let mut new_rows = Vec::new();
+        let mut restored = 0usize;
+        for p in self.parts.table.points() {
+            let Some(stored) = all.get(&p.tag) else {
+                continue;
+            };
+            let Some(latest) = stored.last() else {
+                continue;
+            };
+            let configured = LimitsDto::from(&p.limits);
+            let baseline = stored.iter().rev().find(|v| v.origin == Origin::Config);
+            let mut versions: Vec<LimitsVersion> =
+                stored.iter().map(|v| v.version.clone()).collect();
+            let config_wins = |why: String, versions: &mut Vec<LimitsVersion>| {
+                let v = LimitsVersion {
+                    tag: p.tag.clone(),
+                    version: versions.last().map_or(1, |v| v.version + 1),
+                    limits: configured.clone(),
+                    changed_by: "config".into(),
+                    changed_ms: now,
+                    reason: why,
+                };
+                versions.push(v.clone());
+                StoredVersion {
+                    version: v,
+                    origin: Origin::Config,
+                }
+            };
+            if baseline.is_none_or(|b| b.version.limits != configured) {
+                if latest.version.limits != configured {
+                    tracing::warn!(tag = %p.tag, stored_version = latest.version.version, "the configuration file changed this point's limits since they were last changed through the API: the file's limits apply");
+                    new_rows.push(config_wins(
+                        "the configuration file changed; its limits apply".into(),
+                        &mut versions,
+                    ));
+                }
+            } else if latest.version.limits != configured {
+                match validate_limits(p, &latest.version.limits) {
+                    Ok(limits) => {
+                        self.replace(p.id, limits)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("limits of {}: {e}", p.tag))?;
+                        restored += 1;
+                        tracing::info!(tag = %p.tag, version = latest.version.version, by = %latest.version.changed_by, "stored limits applied");
+                    }
+                    Err(errs) => {
+                        let why = errs
+                            .iter()
+                            .map(|e| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        tracing::warn!(tag = %p.tag, version = latest.version.version, error = %why, "stored limits no longer valid for the configured point: the file's limits apply");
+                        new_rows.push(config_wins(
+                            format!(
+                                "stored version {} no longer valid ({why}); the file's limits apply",
+                                latest.version.version
+                            ),
+                            &mut versions,
+                        ));
+                    }
+                }
+            }
+            lock(&self.shared).versions.insert(p.tag.clone(), versions);
+        }
+        if !new_rows.is_empty() {
+            let s = store.clone();
+            tokio::task::spawn_blocking(move || s.append(&new_rows, None)).await??;
+        }
+        if restored > 0 {
+            tracing::info!(points = restored, "limits restored from the limits store");
+        }
+        let _ = self.limits_store.set(store);
+        Ok(())
+    }
+
+    /// The backtest behind [`ApiBackend::backtest_limits`]: the recorded readings of the
+    /// candidate points over the last `hours` from the spool archive, replayed through the
+    /// pure engine once with the current limits and once with the candidate.
+    async fn backtest(
+        &self,
+        candidate: Vec<(String, AlarmLimits)>,
+        hours: u32,
+    ) -> Result<serde_json::Value, BackendError> {
+        let Some(dir) = self.parts.archive_dir.clone() else {
+            return Err(BackendError::Unavailable(
+                "no local archive to replay (the spool is off)".into(),
+            ));
+        };
+        // The table as the engine runs it now: configured points with their current limits.
+        let mut points = self.parts.table.points().to_vec();
+        for p in &mut points {
+            let versions = self.versions_of(&p.tag);
+            if let Some(v) = versions.last().filter(|v| v.version > 1) {
+                p.limits = runtime_limits(p, &v.limits);
+            }
+        }
+        let table = Arc::new(
+            PointTable::new(points).map_err(|e| BackendError::Unavailable(e.to_string()))?,
+        );
+        let mut cand = Vec::with_capacity(candidate.len());
+        for (tag, limits) in candidate {
+            let id = table
+                .id(&tag)
+                .ok_or_else(|| BackendError::NotFound(format!("no point with tag `{tag}`")))?;
+            cand.push((id, limits));
+        }
+        let cfg = self.parts.engine_config.clone();
+        let to = crate::engine_task::system_now();
+        let from = Timestamp(to.0 - i64::from(hours) * 3_600_000_000_000);
+        tokio::task::spawn_blocking(move || {
+            let wanted: std::collections::HashSet<PointId> =
+                cand.iter().map(|(id, _)| *id).collect();
+            let reader = crate::store::spool::ArchiveReader::open(&dir)
+                .map_err(|e| BackendError::Unavailable(format!("archive: {e}")))?
+                .between(from, to);
+            let mut readings = Vec::new();
+            for r in reader {
+                let r = r.map_err(|e| BackendError::Unavailable(format!("archive: {e}")))?;
+                // Map the archived point to today's table by tag.
+                if let Some(id) = table.id(&r.point.tag).filter(|id| wanted.contains(id)) {
+                    let mut reading = r.reading;
+                    reading.point = id;
+                    readings.push(reading);
+                    if readings.len() >= MAX_BACKTEST_READINGS {
+                        break;
+                    }
+                }
+            }
+            readings.sort_by_key(|r| r.receive_time.0);
+            let report = crate::drill::backtest::backtest(table, cfg, Vec::new(), &readings, &cand)
+                .map_err(BackendError::Invalid)?;
+            let mut v = serde_json::to_value(&report)
+                .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+            if let Some(m) = v.as_object_mut() {
+                m.insert("hours".into(), hours.into());
+                m.insert("from_ms".into(), serde_json::Value::from(ms(report.from)));
+                m.insert("to_ms".into(), serde_json::Value::from(ms(report.to)));
+            }
+            Ok(v)
+        })
+        .await
+        .map_err(|e| BackendError::Unavailable(format!("backtest task: {e}")))?
     }
 
     fn versions_of(&self, tag: &str) -> Vec<LimitsVersion> {
@@ -825,7 +1148,7 @@ impl ApiBackend for EngineBackend {
         by: Actor,
     ) -> BoxFut<'_, Result<(AlarmView, AlarmView), BackendError>> {
         Box::pin(async move {
-            let a = self.find_alarm(id)?;
+            let a = self.find_alarm_fresh(id).await?;
             let before = self.alarm_view(&a);
             let nonempty = |s: String| (!s.trim().is_empty()).then_some(s);
             let command = match cmd {
@@ -1025,63 +1348,11 @@ impl ApiBackend for EngineBackend {
         by: Actor,
     ) -> BoxFut<'_, Result<(LimitsVersion, LimitsVersion), BackendError>> {
         Box::pin(async move {
-            let _guard = self.limits_lock.lock().await;
-            let point = self
-                .parts
-                .table
-                .id(&tag)
-                .ok_or_else(|| BackendError::NotFound(format!("no point with tag `{tag}`")))?;
-            let versions = self.versions_of(&tag);
-            let before = versions
-                .last()
-                .cloned()
-                .ok_or_else(|| BackendError::NotFound(format!("no point with tag `{tag}`")))?;
-            if let Some(exp) = expected_version
-                && exp != before.version
-            {
-                return Err(BackendError::Conflict(format!(
-                    "limits of `{tag}` are at version {}, not {exp}: reload and try again",
-                    before.version
-                )));
-            }
-            match tokio::time::timeout(
-                ENGINE_TIMEOUT,
-                self.parts.engine.replace_limits(point, limits.clone()),
-            )
-            .await
-            {
-                Err(_) => {
-                    return Err(BackendError::Unavailable(
-                        "the engine did not answer within 5 s".into(),
-                    ));
-                }
-                Ok(None) => {
-                    return Err(BackendError::Unavailable(
-                        "the engine is not running".into(),
-                    ));
-                }
-                Ok(Some(Err(errs))) => {
-                    return Err(BackendError::Invalid(
-                        errs.iter()
-                            .map(|e| e.to_string())
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                    ));
-                }
-                Ok(Some(Ok(()))) => {}
-            }
-            let after = LimitsVersion {
-                tag: tag.clone(),
-                version: before.version + 1,
-                limits: LimitsDto::from(&limits),
-                changed_by: by.username,
-                changed_ms: now_ms(),
-                reason,
-            };
-            let mut all = versions;
-            all.push(after.clone());
-            lock(&self.shared).versions.insert(tag, all);
-            Ok((before, after))
+            let mut v = self
+                .apply_many(vec![(tag.clone(), limits, expected_version)], reason, by)
+                .await?;
+            v.pop()
+                .ok_or_else(|| BackendError::NotFound(format!("no point with tag `{tag}`")))
         })
     }
 
@@ -1134,6 +1405,26 @@ impl ApiBackend for EngineBackend {
             let channels = outbox::channel_summaries(conn).map_err(|e| failed(&e))?;
             Ok(serde_json::json!({ "channels": channels }))
         })
+    }
+
+    fn set_limits_many(
+        &self,
+        changes: Vec<(String, AlarmLimits)>,
+        reason: String,
+        by: Actor,
+    ) -> BoxFut<'_, Result<Vec<(LimitsVersion, LimitsVersion)>, BackendError>> {
+        Box::pin(async move {
+            let changes = changes.into_iter().map(|(t, l)| (t, l, None)).collect();
+            self.apply_many(changes, reason, by).await
+        })
+    }
+
+    fn backtest_limits(
+        &self,
+        candidate: Vec<(String, AlarmLimits)>,
+        hours: u32,
+    ) -> BoxFut<'_, Result<serde_json::Value, BackendError>> {
+        Box::pin(async move { self.backtest(candidate, hours).await })
     }
 
     fn kpis(&self) -> BoxFut<'_, Result<serde_json::Value, BackendError>> {

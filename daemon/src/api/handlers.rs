@@ -306,7 +306,7 @@ pub(super) async fn park(State(st): State<AppState>) -> Json<Value> {
         .iter()
         .map(|p| {
             json!({"tag": p.tag, "name": p.name, "enterprise": p.enterprise, "kind": p.kind,
-                   "unit": p.unit.symbol(), "location": p.location})
+                   "gas": p.gas, "unit": p.unit.symbol(), "location": p.location})
         })
         .collect();
     Json(json!({
@@ -780,6 +780,166 @@ pub(super) async fn limits_restore(
         "limits.restore",
     )
     .await
+}
+
+// ---------------------------------------------------------------- class changes, previews
+
+/// Longest history a backtest preview replays, hours (one week).
+const MAX_PREVIEW_HOURS: u32 = 168;
+
+fn preview_hours(h: Option<u32>) -> Result<u32, ApiError> {
+    let h = h.unwrap_or(24);
+    if h == 0 || h > MAX_PREVIEW_HOURS {
+        return Err(ApiError::invalid(vec![FieldError::new(
+            "hours",
+            format!("must be between 1 and {MAX_PREVIEW_HOURS}"),
+        )]));
+    }
+    Ok(h)
+}
+
+/// Validate a class change against every matching point's current limits.
+async fn class_changes(
+    st: &AppState,
+    selector: &super::limits::ClassSelector,
+    set: &super::limits::LimitsPatch,
+    include_unchanged: bool,
+) -> Result<Vec<super::limits::ClassChange>, ApiError> {
+    let mut current = std::collections::HashMap::new();
+    for p in st
+        .park
+        .table
+        .points()
+        .iter()
+        .filter(|p| selector.matches(p))
+    {
+        if let Some(v) = st.backend.limit_versions(p.tag.clone()).await?.pop() {
+            current.insert(p.tag.clone(), v.limits);
+        }
+    }
+    super::limits::validate_class(
+        &st.park.table,
+        |p| {
+            current
+                .get(&p.tag)
+                .cloned()
+                .unwrap_or_else(|| LimitsDto::from(&p.limits))
+        },
+        selector,
+        set,
+        include_unchanged,
+    )
+    .map_err(ApiError::invalid)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClassLimitsBody {
+    selector: super::limits::ClassSelector,
+    set: super::limits::LimitsPatch,
+    reason: String,
+}
+
+pub(super) async fn class_limits_set(
+    State(st): State<AppState>,
+    axum::Extension(p): axum::Extension<Principal>,
+    ext: Extensions,
+    Body(b): Body<ClassLimitsBody>,
+) -> Result<Json<Value>, ApiError> {
+    let mut errs = Vec::new();
+    text("reason", &b.reason, true, &mut errs);
+    check(errs)?;
+    let changes = class_changes(&st, &b.selector, &b.set, false).await?;
+    if changes.is_empty() {
+        // PUT is idempotent: the class has these limits already; nothing to apply or audit.
+        return Ok(Json(json!({"selector": b.selector, "points": []})));
+    }
+    let applied = st
+        .backend
+        .set_limits_many(
+            changes
+                .iter()
+                .map(|c| (c.tag.clone(), c.limits.clone()))
+                .collect(),
+            b.reason.clone(),
+            actor(&p, &ext),
+        )
+        .await?;
+    let mut before = serde_json::Map::new();
+    let mut after = serde_json::Map::new();
+    for (bv, av) in &applied {
+        before.insert(
+            bv.tag.clone(),
+            json!({"version": bv.version, "limits": bv.limits}),
+        );
+        after.insert(
+            av.tag.clone(),
+            json!({"version": av.version, "limits": av.limits}),
+        );
+    }
+    let target = format!(
+        "class {}",
+        serde_json::to_string(&b.selector).unwrap_or_default()
+    );
+    audit(
+        &st,
+        &p,
+        &ext,
+        "limits.class",
+        &target,
+        Value::Object(before),
+        json!({"set": b.set, "points": after}),
+        &b.reason,
+    )
+    .await?;
+    Ok(Json(json!({
+        "selector": b.selector,
+        "points": applied.iter().map(|(_, a)| to_value(a)).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClassPreviewBody {
+    selector: super::limits::ClassSelector,
+    set: super::limits::LimitsPatch,
+    hours: Option<u32>,
+}
+
+pub(super) async fn class_limits_preview(
+    State(st): State<AppState>,
+    Body(b): Body<ClassPreviewBody>,
+) -> Result<Json<Value>, ApiError> {
+    let hours = preview_hours(b.hours)?;
+    let changes = class_changes(&st, &b.selector, &b.set, true).await?;
+    let candidate = changes.into_iter().map(|c| (c.tag, c.limits)).collect();
+    Ok(Json(st.backend.backtest_limits(candidate, hours).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PreviewBody {
+    limits: LimitsDto,
+    hours: Option<u32>,
+}
+
+pub(super) async fn limits_preview(
+    State(st): State<AppState>,
+    P(tag): P<String>,
+    Body(b): Body<PreviewBody>,
+) -> Result<Json<Value>, ApiError> {
+    let hours = preview_hours(b.hours)?;
+    let point = st
+        .park
+        .table
+        .by_tag(&tag)
+        .ok_or_else(|| ApiError::not_found(format!("no point with tag `{tag}`")))?;
+    let limits = super::limits::validate_limits(point, &b.limits).map_err(ApiError::invalid)?;
+    Ok(Json(
+        st.backend
+            .backtest_limits(vec![(tag, limits)], hours)
+            .await?,
+    ))
 }
 
 // ---------------------------------------------------------------- audit, users

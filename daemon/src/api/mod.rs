@@ -287,6 +287,24 @@ pub fn route_table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
             e,
             post(h::limits_restore),
         ),
+        r(
+            Method::POST,
+            "/api/v1/limits/{tag}/preview",
+            e,
+            post(h::limits_preview),
+        ),
+        r(
+            Method::PUT,
+            "/api/v1/class-limits",
+            e,
+            put(h::class_limits_set),
+        ),
+        r(
+            Method::POST,
+            "/api/v1/class-limits/preview",
+            e,
+            post(h::class_limits_preview),
+        ),
         // audit
         r(Method::GET, "/api/v1/audit", e, get(h::audit_list)),
         r(Method::GET, "/api/v1/audit/verify", e, get(h::audit_verify)),

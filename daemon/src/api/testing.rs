@@ -36,6 +36,8 @@ struct State {
 pub struct TestBackend {
     state: Mutex<State>,
     hub: Arc<EventHub>,
+    /// The park's points (for backtest previews over the stored history).
+    table: Arc<parkguard_rules::PointTable>,
     /// Longest shelving allowed. Default 8 h.
     pub max_shelve: Duration,
     /// Readiness answered by `/readyz`.
@@ -80,6 +82,7 @@ impl TestBackend {
         Arc::new(Self {
             state: Mutex::new(st),
             hub,
+            table: Arc::clone(&park.table),
             max_shelve: Duration::from_secs(8 * 3600),
             ready: Mutex::new(vec![ReadyCheck {
                 name: "engine".into(),
@@ -533,6 +536,86 @@ impl ApiBackend for TestBackend {
         if let Ok((_, after)) = &r {
             self.hub.publish("limits", after);
         }
+        ready(r)
+    }
+
+    fn set_limits_many(
+        &self,
+        changes: Vec<(String, AlarmLimits)>,
+        reason: String,
+        by: Actor,
+    ) -> BoxFut<'_, Result<Vec<(LimitsVersion, LimitsVersion)>, BackendError>> {
+        Box::pin(async move {
+            if let Some((t, _)) = changes
+                .iter()
+                .find(|(t, _)| !self.lock().limits.contains_key(t))
+            {
+                return Err(BackendError::NotFound(format!("no point `{t}`")));
+            }
+            let mut out = Vec::with_capacity(changes.len());
+            for (tag, limits) in changes {
+                out.push(
+                    self.set_limits(tag, limits, None, reason.clone(), by.clone())
+                        .await?,
+                );
+            }
+            Ok(out)
+        })
+    }
+
+    fn backtest_limits(
+        &self,
+        candidate: Vec<(String, AlarmLimits)>,
+        hours: u32,
+    ) -> BoxFut<'_, Result<serde_json::Value, BackendError>> {
+        // The stored history of the candidate points, replayed by the real backtest.
+        let from = now_ms() - i64::from(hours) * 3_600_000;
+        let r = (|| {
+            let st = self.lock();
+            let mut cand = Vec::new();
+            let mut readings = Vec::new();
+            for (tag, limits) in candidate {
+                let p = self
+                    .table
+                    .by_tag(&tag)
+                    .ok_or_else(|| BackendError::NotFound(format!("no point `{tag}`")))?;
+                for s in st
+                    .history
+                    .get(&tag)
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| s.t >= from)
+                {
+                    let t = parkguard_rules::Timestamp(s.t * 1_000_000);
+                    readings.push(parkguard_rules::Reading {
+                        point: p.id,
+                        value: s.v,
+                        unit: p.unit,
+                        quality: parkguard_rules::Quality::Good,
+                        source_time: t,
+                        receive_time: t,
+                    });
+                }
+                cand.push((p.id, limits));
+            }
+            readings.sort_by_key(|r| r.receive_time.0);
+            let report = crate::drill::backtest::backtest(
+                Arc::clone(&self.table),
+                parkguard_rules::EngineConfig::default(),
+                Vec::new(),
+                &readings,
+                &cand,
+            )
+            .map_err(BackendError::Invalid)?;
+            let mut v = serde_json::to_value(&report)
+                .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+            if let Some(m) = v.as_object_mut() {
+                m.insert("hours".into(), hours.into());
+                m.insert("from_ms".into(), (report.from.0 / 1_000_000).into());
+                m.insert("to_ms".into(), (report.to.0 / 1_000_000).into());
+            }
+            Ok(v)
+        })();
         ready(r)
     }
 
