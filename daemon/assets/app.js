@@ -35,6 +35,7 @@ const I18N = {
     with_current: '现行阈值', with_candidate: '新阈值', alarms_n: '报警次数', time_in_alarm: '报警持续(s)', chattering_points: '振荡位号',
     first_alarm_delta: '首报时间变化(s)', class_title: '按类别批量调整', cls_enterprise: '企业', cls_kind: '类型', cls_gas: '气体',
     any: '（全部）', keep: '不变', matched: '匹配位号', apply_class: '批量保存',
+    k_combustible: '可燃气体', k_toxic: '有毒气体', k_oxygen: '氧气', k_pressure: '压力', k_temperature: '温度', k_level: '液位', k_flow: '流量', k_other: '其他',
     audit_title: '审计日志', verify: '校验哈希链', chain_ok: '哈希链完整', chain_bad: '哈希链被篡改',
     who: '操作人', why: '原因', ip: '来源', what: '操作', target: '对象', before: '修改前', after: '修改后',
     unmapped_title: '未映射数据', source: '来源', key: '键', count_seen: '次数', last_seen: '最近', sample: '样例',
@@ -71,6 +72,7 @@ const I18N = {
     with_current: 'Current limits', with_candidate: 'New limits', alarms_n: 'Alarms', time_in_alarm: 'Time in alarm (s)', chattering_points: 'Chattering points',
     first_alarm_delta: 'First alarm shift (s)', class_title: 'Change a class of points', cls_enterprise: 'Enterprise', cls_kind: 'Kind', cls_gas: 'Gas',
     any: '(any)', keep: 'keep', matched: 'Matched points', apply_class: 'Save for the class',
+    k_combustible: 'Combustible gas', k_toxic: 'Toxic gas', k_oxygen: 'Oxygen', k_pressure: 'Pressure', k_temperature: 'Temperature', k_level: 'Level', k_flow: 'Flow', k_other: 'Other',
     audit_title: 'Audit log', verify: 'Verify hash chain', chain_ok: 'Hash chain intact', chain_bad: 'Hash chain broken',
     who: 'Who', why: 'Reason', ip: 'From', what: 'What', target: 'Target', before: 'Before', after: 'After',
     unmapped_title: 'Unmapped data', source: 'Source', key: 'Key', count_seen: 'Count', last_seen: 'Last seen', sample: 'Sample',
@@ -517,7 +519,7 @@ function renderClassEditor(eng) {
   el.id = 'cls';
   el.innerHTML = `<h2>${esc(t('class_title'))}</h2>
     <div class="form-grid"><label>${esc(t('cls_enterprise'))}${sel('cls-enterprise', ents.map((e) => [e.code, `${e.code} ${e.name}`]))}</label>
-    <label>${esc(t('cls_kind'))}${sel('cls-kind', KINDS.map((k) => [k, k]))}</label>
+    <label>${esc(t('cls_kind'))}${sel('cls-kind', KINDS.map((k) => [k, t('k_' + k)]))}</label>
     <label>${esc(t('cls_gas'))}${sel('cls-gas', gases.map((g) => [g, g]))}</label></div>
     <p class="muted">${esc(t('matched'))}: <span id="cls-matched"></span></p>
     <div class="form-grid">${LIMIT_FIELDS.map(([k, l]) => `<label>${esc(k === 'deadband' ? t('deadband') : k === 'on_delay_s' ? t('on_delay') : k === 'off_delay_s' ? t('off_delay') : l)}<input id="cls-${k}" type="number" step="any" placeholder="${esc(t('keep'))}" ${eng ? '' : 'disabled'}></label>`).join('')}</div>

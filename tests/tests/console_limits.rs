@@ -174,6 +174,7 @@ async fn limits_preview_class_change_persist_restore_and_config_wins() -> Result
         .await?;
     assert_eq!(st, 200, "{cp}");
     assert_eq!(cp["candidate"]["alarms"], 0, "{cp}");
+    let live = api.watch_events("event: limits").await?;
     let (st, body) = api
         .send(
             Method::PUT,
@@ -182,6 +183,12 @@ async fn limits_preview_class_change_persist_restore_and_config_wins() -> Result
         )
         .await?;
     assert_eq!(st, 200, "{body}");
+    // Open consoles learn of it over SSE.
+    let msg = tokio::time::timeout(Duration::from_secs(20), live).await??;
+    assert!(
+        msg.contains(r#""tag":"GT-2""#) && msg.contains(r#""version":2"#),
+        "{msg}"
+    );
     assert_eq!(body["points"].as_array().map(Vec::len), Some(1), "{body}");
     assert_eq!(body["points"][0]["tag"], "GT-2");
     assert_eq!(body["points"][0]["version"], 2);

@@ -88,6 +88,8 @@ pub struct EngineBackend {
     limits_lock: tokio::sync::Mutex<()>,
     /// Where limit versions are persisted (none: in memory only).
     limits_store: std::sync::OnceLock<Arc<LimitsStore>>,
+    /// The SSE hub, once [`pump`] runs: limit changes are published on it.
+    hub: std::sync::OnceLock<Arc<EventHub>>,
     started: Instant,
 }
 
@@ -205,6 +207,7 @@ impl EngineBackend {
             shared: Mutex::new(Shared::default()),
             limits_lock: tokio::sync::Mutex::new(()),
             limits_store: std::sync::OnceLock::new(),
+            hub: std::sync::OnceLock::new(),
             started: Instant::now(),
         });
         if let Some(j) = me.journal()
@@ -575,10 +578,17 @@ impl EngineBackend {
                 )));
             }
         }
-        let mut g = lock(&self.shared);
-        for versions in lists {
-            if let Some(tag) = versions.last().map(|v| v.tag.clone()) {
-                g.versions.insert(tag, versions);
+        {
+            let mut g = lock(&self.shared);
+            for versions in lists {
+                if let Some(tag) = versions.last().map(|v| v.tag.clone()) {
+                    g.versions.insert(tag, versions);
+                }
+            }
+        }
+        if let Some(hub) = self.hub.get() {
+            for (_, after) in &out {
+                hub.publish("limits", after);
             }
         }
         Ok(out)
@@ -1562,6 +1572,7 @@ pub async fn pump(
     hub: Arc<EventHub>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
+    let _ = backend.hub.set(hub.clone());
     let mut events = backend.parts.engine.events.subscribe();
     let mut snaps = backend.parts.engine.snapshot.clone();
     let mut last_rx: Vec<Option<Timestamp>> = Vec::new();

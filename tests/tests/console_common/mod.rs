@@ -264,6 +264,34 @@ impl ApiClient {
         Ok(v)
     }
 
+    /// Open the live event stream; the returned task yields the first SSE message whose
+    /// text contains `needle` (the caller bounds how long it waits).
+    pub async fn watch_events(&self, needle: &str) -> Result<tokio::task::JoinHandle<String>> {
+        let mut r = self
+            .http
+            .get(format!("{}/api/v1/events", self.base))
+            .header(reqwest::header::COOKIE, &self.cookie)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("GET /api/v1/events: {}", r.status());
+        }
+        let needle = needle.to_string();
+        Ok(tokio::spawn(async move {
+            let mut buf = String::new();
+            while let Ok(Some(chunk)) = r.chunk().await {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let msg: String = buf.drain(..end + 2).collect();
+                    if msg.contains(&needle) {
+                        return msg;
+                    }
+                }
+            }
+            String::new()
+        }))
+    }
+
     /// A state-changing request; returns the status and the JSON body (4xx included).
     pub async fn send(
         &self,
