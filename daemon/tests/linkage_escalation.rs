@@ -400,3 +400,64 @@ fn closure_is_recorded_and_published_once() {
         "nothing queued for the refused closure"
     );
 }
+
+#[test]
+fn delivery_status_and_escalation_steps_through_the_api_backend() {
+    use parkguard::api::backend::ApiBackend;
+    use parkguard::api::engine_backend::{BackendParts, EngineBackend, alarm_num};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.sqlite");
+    let mut j = Journal::open(&path).unwrap();
+    let l = linkage(&path);
+    let t0 = Timestamp::from_secs(1_795_688_531);
+    journal_batch(
+        &mut j,
+        &l,
+        &[event(
+            1,
+            EventKind::Activate,
+            AlarmState::Unacknowledged,
+            t0,
+        )],
+        t0,
+    );
+    tick(&mut j, &l, &path, t0, 0, 130);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (got, backlog) = rt.block_on(async {
+        let table = Arc::new(PointTable::new(Vec::new()).unwrap());
+        let engine =
+            parkguard_rules::engine::Engine::new(table.clone(), Default::default(), Vec::new());
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        let (handle, _join) = parkguard::engine_task::spawn(engine, rx, None, Default::default());
+        let backend = EngineBackend::new(BackendParts {
+            engine: handle,
+            table,
+            engine_config: Default::default(),
+            journal_path: Some(path.clone()),
+            archive_dir: None,
+            modbus: None,
+            mqtt: Vec::new(),
+        });
+        let got = backend.deliveries(alarm_num(ALARM)).await.unwrap();
+        let none = backend
+            .deliveries(alarm_num("no-such-alarm"))
+            .await
+            .unwrap();
+        assert_eq!(none["deliveries"], serde_json::json!([]));
+        (got, backend.outbox().await.unwrap())
+    });
+    assert_eq!(got["alarm"], ALARM);
+    let d = got["deliveries"].as_array().unwrap();
+    assert_eq!(d.len(), 2, "{got}");
+    assert_eq!(d[0]["event_id"], 1);
+    assert_eq!(d[0]["channel"], "enterprise-duty");
+    assert_eq!(d[0]["status"], "pending", "no worker runs in this test");
+    assert_eq!(d[1]["event_id"], ESCALATION_ID_BASE);
+    assert_eq!(d[1]["channel"], "bureau-desk");
+    assert_eq!(got["escalation"][0]["label"], "园区应急管理局值班室");
+    assert_eq!(got["escalation"][0]["step"], 0);
+    let channels = backlog["channels"].as_array().unwrap();
+    assert_eq!(channels.len(), 2, "{backlog}");
+    assert!(channels.iter().all(|c| c["pending"] == 1), "{backlog}");
+}
