@@ -3,9 +3,14 @@
 //! the commit) on a real SQLite journal, under a simulated clock. T1 = 2 min, T2 = 5 min:
 //! the right channels get outbox rows at the right times, an acknowledgement stops it, and
 //! a restart (a new `Linkage` on the same database) neither re-sends nor forgets a step.
+//! And 消警: a closure of a returned and acknowledged alarm is recorded and queued for the
+//! alarm's channels once, a second one is refused.
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is a failed test
 
+use parkguard::linkage::close::{
+    AlarmFacts, CLOSURE_ID_BASE, CloseError, ClosureRequest, DataSnapshot, Sample, validate_closure,
+};
 use parkguard::linkage::escalate::{EscalationConfig, Policy};
 use parkguard::linkage::escalation_log::{self, ESCALATION_ID_BASE};
 use parkguard::linkage::outbox;
@@ -311,4 +316,148 @@ fn restart_neither_resends_nor_forgets_a_step() {
             (600, "bureau-leaders".to_string())
         ]
     );
+}
+
+#[test]
+fn closure_is_recorded_and_published_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.sqlite");
+    let mut j = Journal::open(&path).unwrap();
+    let l = linkage(&path);
+    let t0 = Timestamp::from_secs(1_795_688_531);
+    let raise = event(1, EventKind::Activate, AlarmState::Unacknowledged, t0);
+    journal_batch(&mut j, &l, std::slice::from_ref(&raise), t0);
+    let t_ack = t0 + Duration::from_secs(60);
+    journal_batch(
+        &mut j,
+        &l,
+        &[event(
+            2,
+            EventKind::Acknowledge,
+            AlarmState::Acknowledged,
+            t_ack,
+        )],
+        t_ack,
+    );
+    let t_rtn = t0 + Duration::from_secs(600);
+    let now = t0 + Duration::from_secs(3600);
+    let facts = AlarmFacts {
+        alarm_id: ALARM.into(),
+        raised_at: t0,
+        returned_at: Some(t_rtn),
+        acked_at: Some(t_ack),
+        closed: false,
+    };
+    let req = ClosureRequest {
+        alarm_id: ALARM.into(),
+        cause: "法兰垫片老化泄漏".into(),
+        action: "更换垫片，复测合格".into(),
+        reviewer: "张工".into(),
+        snapshot: DataSnapshot {
+            unit: "%LEL".into(),
+            from: t0 - Duration::from_secs(60),
+            to: t_rtn,
+            samples: vec![Sample {
+                time: t0,
+                value: 32.5,
+                quality: "good".into(),
+            }],
+        },
+    };
+    let closure = validate_closure(&req, &facts, now).unwrap();
+    let base = l.notification_of(&raise).unwrap();
+    let id = l.close(&path, &closure, t0, &base).unwrap();
+    assert_eq!(id, CLOSURE_ID_BASE);
+    assert_eq!(
+        rows(&path),
+        [
+            (1, "enterprise-duty".to_string()),
+            (CLOSURE_ID_BASE, "enterprise-duty".to_string())
+        ]
+    );
+    let conn = outbox::open(&path).unwrap();
+    let payload: String = conn
+        .query_row(
+            "SELECT payload FROM outbox WHERE event_id = ?1",
+            [CLOSURE_ID_BASE as i64],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let n: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(n["state"], "closed");
+    assert!(
+        n["message_zh"].as_str().unwrap().contains("审核人：张工"),
+        "{n}"
+    );
+    assert!(parkguard::linkage::close::is_closed(&conn, ALARM, t0).unwrap());
+    match l.close(&path, &closure, t0, &base) {
+        Err(CloseError::AlreadyClosed(a)) => assert_eq!(a, ALARM),
+        other => panic!("second closure must be refused: {other:?}"),
+    }
+    assert_eq!(
+        rows(&path).len(),
+        2,
+        "nothing queued for the refused closure"
+    );
+}
+
+#[test]
+fn delivery_status_and_escalation_steps_through_the_api_backend() {
+    use parkguard::api::backend::ApiBackend;
+    use parkguard::api::engine_backend::{BackendParts, EngineBackend, alarm_num};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.sqlite");
+    let mut j = Journal::open(&path).unwrap();
+    let l = linkage(&path);
+    let t0 = Timestamp::from_secs(1_795_688_531);
+    journal_batch(
+        &mut j,
+        &l,
+        &[event(
+            1,
+            EventKind::Activate,
+            AlarmState::Unacknowledged,
+            t0,
+        )],
+        t0,
+    );
+    tick(&mut j, &l, &path, t0, 0, 130);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (got, backlog) = rt.block_on(async {
+        let table = Arc::new(PointTable::new(Vec::new()).unwrap());
+        let engine =
+            parkguard_rules::engine::Engine::new(table.clone(), Default::default(), Vec::new());
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        let (handle, _join) = parkguard::engine_task::spawn(engine, rx, None, Default::default());
+        let backend = EngineBackend::new(BackendParts {
+            engine: handle,
+            table,
+            engine_config: Default::default(),
+            journal_path: Some(path.clone()),
+            archive_dir: None,
+            modbus: None,
+            mqtt: Vec::new(),
+        });
+        let got = backend.deliveries(alarm_num(ALARM)).await.unwrap();
+        let none = backend
+            .deliveries(alarm_num("no-such-alarm"))
+            .await
+            .unwrap();
+        assert_eq!(none["deliveries"], serde_json::json!([]));
+        (got, backend.outbox().await.unwrap())
+    });
+    assert_eq!(got["alarm"], ALARM);
+    let d = got["deliveries"].as_array().unwrap();
+    assert_eq!(d.len(), 2, "{got}");
+    assert_eq!(d[0]["event_id"], 1);
+    assert_eq!(d[0]["channel"], "enterprise-duty");
+    assert_eq!(d[0]["status"], "pending", "no worker runs in this test");
+    assert_eq!(d[1]["event_id"], ESCALATION_ID_BASE);
+    assert_eq!(d[1]["channel"], "bureau-desk");
+    assert_eq!(got["escalation"][0]["label"], "园区应急管理局值班室");
+    assert_eq!(got["escalation"][0]["step"], 0);
+    let channels = backlog["channels"].as_array().unwrap();
+    assert_eq!(channels.len(), 2, "{backlog}");
+    assert!(channels.iter().all(|c| c["pending"] == 1), "{backlog}");
 }

@@ -237,3 +237,88 @@ impl Closure {
         n
     }
 }
+
+/// First id of closure notifications (2^61 + 2^60): above the engine's ids and the
+/// escalation steps' ([`super::escalation_log::ESCALATION_ID_BASE`]), below the drills'
+/// (2^62). Closures live in table `closure` and the outbox, never in `events`.
+pub const CLOSURE_ID_BASE: u64 = (1 << 61) + (1 << 60);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS closure (
+    id        INTEGER PRIMARY KEY,
+    alarm_id  TEXT    NOT NULL,
+    raised_at INTEGER NOT NULL,
+    closed_at INTEGER NOT NULL,
+    cause     TEXT    NOT NULL,
+    action    TEXT    NOT NULL,
+    reviewer  TEXT    NOT NULL,
+    snapshot  TEXT    NOT NULL,
+    UNIQUE (alarm_id, raised_at)
+);
+";
+
+/// Create the closure table (idempotent).
+pub fn init_schema(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(SCHEMA)
+}
+
+/// Why a closure could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum CloseError {
+    /// This raise of the alarm is already closed.
+    #[error("alarm `{0}` is already closed")]
+    AlreadyClosed(String),
+    /// SQLite failed.
+    #[error("closure database: {0}")]
+    Db(#[from] rusqlite::Error),
+}
+
+/// Record a validated closure of the alarm raised at `raised_at` inside the caller's
+/// transaction; returns the closure's notification id. A second closure of the same raise
+/// is refused.
+pub fn record(
+    tx: &rusqlite::Transaction<'_>,
+    c: &Closure,
+    raised_at: Timestamp,
+) -> Result<u64, CloseError> {
+    let id: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(id) + 1, ?1) FROM closure",
+        [CLOSURE_ID_BASE as i64],
+        |r| r.get(0),
+    )?;
+    let snapshot = serde_json::to_string(&c.snapshot)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let n = tx.execute(
+        "INSERT OR IGNORE INTO closure
+           (id, alarm_id, raised_at, closed_at, cause, action, reviewer, snapshot)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        rusqlite::params![
+            id,
+            c.alarm_id,
+            raised_at.nanos(),
+            c.closed_at.nanos(),
+            c.cause,
+            c.action,
+            c.reviewer,
+            snapshot
+        ],
+    )?;
+    if n == 0 {
+        return Err(CloseError::AlreadyClosed(c.alarm_id.clone()));
+    }
+    Ok(id as u64)
+}
+
+/// Whether the raise of `alarm_id` at `raised_at` is closed (for [`AlarmFacts::closed`]).
+pub fn is_closed(
+    conn: &rusqlite::Connection,
+    alarm_id: &str,
+    raised_at: Timestamp,
+) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM closure WHERE alarm_id = ?1 AND raised_at = ?2",
+        rusqlite::params![alarm_id, raised_at.nanos()],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}

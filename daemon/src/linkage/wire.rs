@@ -10,6 +10,7 @@
 //! marked `drill = true`. Escalation timers (T1, T2, …) are validated in the config but not
 //! yet ticked by the daemon: that is still to do.
 
+use super::close::{self, CloseError, Closure};
 use super::escalate::{Due, Escalator, Policy};
 use super::escalation_log;
 use super::outbox::{self, WorkerConfig};
@@ -304,6 +305,46 @@ impl Linkage {
             }
         }
         Ok(())
+    }
+
+    /// 消警: record a validated closure of the raise at `raised_at` and queue its
+    /// notification (`base` = the raise's notification, state `closed`, cause, action,
+    /// reviewer) for the channels its routes name, in one transaction on the journal
+    /// database at `journal_path`; then wake those channels. Returns the closure's
+    /// notification id. Any escalation still running for the alarm stops.
+    pub fn close(
+        &self,
+        journal_path: &std::path::Path,
+        closure: &Closure,
+        raised_at: Timestamp,
+        base: &Notification,
+    ) -> Result<u64, CloseError> {
+        let mut conn = outbox::open(journal_path).map_err(|e| CloseError::Db(db_err(e)))?;
+        close::init_schema(&conn)?;
+        let tx = conn.transaction()?;
+        let id = close::record(&tx, closure, raised_at)?;
+        let n = closure.notification(base, id);
+        let mut woken = Vec::new();
+        for a in self.router.route(&n).channels {
+            outbox::enqueue(&tx, &a, &n, closure.closed_at)
+                .map_err(|e| CloseError::Db(db_err(e)))?;
+            woken.push(a.channel().to_string());
+        }
+        escalation_log::stop(&tx, &closure.alarm_id)?;
+        tx.commit()?;
+        {
+            let mut state = self.escalation.lock().unwrap_or_else(|e| e.into_inner());
+            state.committed.escalator.on_ack(&closure.alarm_id);
+            state.committed.bases.remove(&closure.alarm_id);
+        }
+        woken.sort();
+        woken.dedup();
+        for c in &woken {
+            if let Some(w) = self.wake.get(c) {
+                w.notify_one();
+            }
+        }
+        Ok(id)
     }
 
     /// Whether an escalation step is due at `now` (the journal thread ticks only then).
