@@ -52,6 +52,8 @@ pub fn run_config_with(cfg: ParkConfig, extras: Extras) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
+        // First, before anything that takes time: a stop during start-up is then clean.
+        let signals = Signals::install();
         std::fs::create_dir_all(&cfg.data.dir)
             .with_context(|| format!("cannot create data dir {}", cfg.data.dir.display()))?;
         let shutdown = CancellationToken::new();
@@ -154,7 +156,7 @@ pub fn run_config_with(cfg: ParkConfig, extras: Extras) -> Result<()> {
         if extras.demo_users {
             eprintln!("  控制台 / console: http://{addr}/\n");
         }
-        wait_for_signal(shutdown.clone()).await;
+        signals.wait(shutdown.clone()).await;
         info!("shutting down");
         running.stop().await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), api_join).await;
@@ -162,22 +164,54 @@ pub fn run_config_with(cfg: ParkConfig, extras: Extras) -> Result<()> {
     })
 }
 
+/// SIGTERM / SIGINT handlers, installed before start-up so that a stop requested while the
+/// daemon is still starting (systemd, a test) is honoured as a clean shutdown once start-up
+/// completes, instead of killing the process half-started.
+pub struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Install the handlers (inside a tokio runtime).
+    pub fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let one = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(error = %e, signal = name, "cannot install signal handler");
+                None
+            }
+        };
+        Signals {
+            term: one(SignalKind::terminate(), "SIGTERM"),
+            int: one(SignalKind::interrupt(), "SIGINT"),
+        }
+    }
+
+    /// Resolve on SIGTERM or SIGINT (also one received since [`Signals::install`]) or when
+    /// `token` is cancelled, and cancel `token`.
+    pub async fn wait(mut self, token: CancellationToken) {
+        async fn recv(s: Option<&mut tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        tokio::select! {
+            _ = recv(self.int.as_mut()) => info!(signal = "SIGINT", "signal received"),
+            _ = recv(self.term.as_mut()) => info!(signal = "SIGTERM", "signal received"),
+            _ = token.cancelled() => {}
+        }
+        token.cancel();
+    }
+}
+
 /// Resolve on SIGTERM or SIGINT (Ctrl-C) and cancel `token`.
 pub async fn wait_for_signal(token: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            warn!(error = %e, "cannot install SIGTERM handler");
-            None
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!(signal = "SIGINT", "signal received"),
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => info!(signal = "SIGTERM", "signal received"),
-        _ = token.cancelled() => {}
-    }
-    token.cancel();
+    Signals::install().wait(token).await;
 }
 
 /// `parkguard simulate`: field-device simulators for a park config, until SIGTERM/SIGINT.
