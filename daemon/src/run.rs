@@ -113,6 +113,7 @@ pub fn run_config_with(cfg: ParkConfig, extras: Extras) -> Result<()> {
             archive_dir: Some(running.spool_dir.clone()),
             modbus: Some(std::sync::Arc::clone(&running.modbus)),
             mqtt: running.mqtt.clone(),
+            linkage: running.linkage.clone(),
         };
         if extras.demo_users {
             let path = cfg.api.users_file(&cfg.data.dir);

@@ -63,6 +63,9 @@ pub struct Running {
     pub influx_events: Option<Arc<InfluxStats>>,
     /// The alarm journal file.
     pub journal_path: PathBuf,
+    /// The linkage (routes, outboxes, escalation), when channels are configured: the API
+    /// records 消警 closures through it.
+    pub linkage: Option<Arc<crate::linkage::wire::Linkage>>,
     /// The spool / local archive directory.
     pub spool_dir: PathBuf,
     /// Cancel to stop every task.
@@ -219,7 +222,7 @@ pub async fn start_with(
         let (linkage, workers) =
             crate::linkage::wire::start(cfg, journal_path.clone(), shutdown.clone())?;
         tasks.extend(workers);
-        Some(linkage)
+        Some(Arc::new(linkage))
     };
     if linkage.is_some() && !cfg.escalations.is_empty() {
         tasks.push(crate::linkage::wire::spawn_escalation_ticker(
@@ -230,7 +233,7 @@ pub async fn start_with(
     threads.push(spawn_journal_writer(
         journal,
         journal_rx,
-        linkage,
+        linkage.clone(),
         journal_notify,
     )?);
     let journal_weak = journal_tx.downgrade();
@@ -287,6 +290,7 @@ pub async fn start_with(
         "topology started"
     );
     Ok(Running {
+        linkage,
         engine: handle,
         readings: readings_tx,
         journal: journal_weak,
@@ -309,7 +313,7 @@ pub async fn start_with(
 fn spawn_journal_writer(
     mut journal: Journal,
     mut rx: mpsc::Receiver<Vec<Event>>,
-    linkage: Option<crate::linkage::wire::Linkage>,
+    linkage: Option<Arc<crate::linkage::wire::Linkage>>,
     committed: Option<Arc<tokio::sync::Notify>>,
 ) -> Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()

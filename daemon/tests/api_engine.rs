@@ -231,6 +231,7 @@ async fn api_over_the_running_engine() {
         archive_dir: Some(spool_dir.clone()),
         modbus: None,
         mqtt: Vec::new(),
+        linkage: None,
     };
     let (addr, server) = parkguard::api::wire::serve(&cfg, parts, shutdown.clone())
         .await

@@ -192,6 +192,7 @@ channels = ["bureau-desk", "drill-desk"]
         archive_dir: Some(running.spool_dir.clone()),
         modbus: None,
         mqtt: Vec::new(),
+        linkage: None,
     };
     let drills = Arc::new(Drills::new(DrillParts {
         table: cfg.table.clone(),

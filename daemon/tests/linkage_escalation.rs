@@ -438,6 +438,7 @@ fn delivery_status_and_escalation_steps_through_the_api_backend() {
             archive_dir: None,
             modbus: None,
             mqtt: Vec::new(),
+            linkage: None,
         });
         let got = backend.deliveries(alarm_num(ALARM)).await.unwrap();
         let none = backend

@@ -229,6 +229,8 @@ pub enum AlarmCommand {
         cause: String,
         /// Action taken.
         action: String,
+        /// Reviewer (审核人); the acting user when not given.
+        reviewer: Option<String>,
     },
 }
 

@@ -56,6 +56,9 @@ pub struct BackendParts {
     pub modbus: Option<Arc<parkguard_drivers::modbus::ModbusMetrics>>,
     /// MQTT counters, one per broker: (broker id, stats).
     pub mqtt: Vec<(String, Arc<parkguard_drivers::mqtt::MqttStats>)>,
+    /// The linkage, when channels are configured: 消警 closures are recorded and
+    /// published through it (without it they are recorded in the journal only).
+    pub linkage: Option<Arc<crate::linkage::wire::Linkage>>,
 }
 
 /// What the snapshot does not carry about an alarm: the last activation's value and limit,
@@ -752,6 +755,242 @@ impl EngineBackend {
         .map_err(|e| BackendError::Unavailable(format!("backtest task: {e}")))?
     }
 
+    /// 消警 (DOMAIN.md §4, push → feedback → clearing): close an alarm whose condition has
+    /// gone, with cause, action and reviewer. An alarm still returned-unacknowledged is
+    /// acknowledged first (cause and action as the comment); one already back to normal is
+    /// found in the journal. The closure (with the point's data from the local archive
+    /// around the alarm) is recorded in the journal database and, when linkage channels are
+    /// configured, published on the alarm's routes in the same transaction. 409 when the
+    /// condition is still present or it is already closed.
+    async fn close_alarm(
+        &self,
+        id: u64,
+        cause: String,
+        action: String,
+        reviewer: Option<String>,
+        by: Actor,
+    ) -> Result<(AlarmView, AlarmView), BackendError> {
+        use crate::linkage::close::{self, AlarmFacts, ClosureRequest, DataSnapshot, Sample};
+        let unavailable = |e: &dyn std::fmt::Display| BackendError::Unavailable(e.to_string());
+        let now = crate::engine_task::system_now();
+        let mut acked_now = None;
+        // Live: still in the engine's snapshot.
+        let live = self.find_alarm_fresh(id).await.ok();
+        if let Some(a) = &live {
+            if a.active || !matches!(a.state, EState::ReturnedUnacknowledged | EState::Normal) {
+                return Err(BackendError::Conflict(format!(
+                    "`{}` cannot be closed: {}",
+                    a.alarm,
+                    if a.active {
+                        "its condition is still present"
+                    } else {
+                        "it is shelved, suppressed or out of service"
+                    }
+                )));
+            }
+            if a.state == EState::ReturnedUnacknowledged {
+                self.run(Command::Acknowledge {
+                    target: a.alarm.clone(),
+                    user: by.username.clone(),
+                    comment: Some(format!("cause: {cause}; action: {action}")),
+                })
+                .await?;
+                let mut g = lock(&self.shared);
+                let x = g.extras.entry(a.alarm.clone()).or_default();
+                x.acked_by = Some(by.username.clone());
+                x.acked_ms = Some(ms(now));
+                acked_now = Some(now);
+            }
+        }
+        let path = self
+            .parts
+            .journal_path
+            .clone()
+            .ok_or_else(|| BackendError::Unavailable("no alarm journal".into()))?;
+        let j = self
+            .journal()
+            .ok_or_else(|| BackendError::Unavailable("no alarm journal".into()))?;
+        // The alarm's key and its last raise, from the journal (real path only).
+        let key = match &live {
+            Some(a) => a.alarm.clone(),
+            None => {
+                let mut stmt = j
+                    .connection()
+                    .prepare("SELECT DISTINCT alarm_id FROM events WHERE alarm_id IS NOT NULL AND drill IS NULL")
+                    .map_err(|e| unavailable(&e))?;
+                let keys: Vec<String> = stmt
+                    .query_map([], |r| r.get::<_, String>(0))
+                    .map_err(|e| unavailable(&e))?
+                    .filter_map(Result::ok)
+                    .collect();
+                keys.into_iter()
+                    .find(|k| alarm_num(k) == id)
+                    .ok_or_else(|| BackendError::NotFound(format!("no alarm with id {id}")))?
+            }
+        };
+        let history = j.alarm_history(&key).map_err(|e| unavailable(&e))?;
+        let mut raise: Option<(Timestamp, serde_json::Value)> = None;
+        let (mut returned, mut acked) = (None, None);
+        for r in &history {
+            if r.drill.is_some() {
+                continue;
+            }
+            let Some(a) = parse_alarm(r.payload.clone()) else {
+                continue;
+            };
+            match a.kind {
+                EventKind::Activate => {
+                    raise = Some((a.time, r.payload.clone()));
+                    returned = None;
+                    acked = None;
+                }
+                EventKind::Return => returned = Some(a.time),
+                EventKind::Acknowledge => acked = Some(a.time),
+                _ => {}
+            }
+        }
+        let Some((raised_at, raise_payload)) = raise else {
+            return Err(BackendError::NotFound(format!(
+                "alarm {id} (`{key}`) has no recorded activation"
+            )));
+        };
+        if live.is_some() && returned.is_none() {
+            // The engine says it has returned; the journal may not have it yet.
+            returned = Some(now);
+        }
+        let acked = acked.or(acked_now);
+        let closed = {
+            let conn = crate::linkage::outbox::open(&path).map_err(|e| unavailable(&e))?;
+            close::init_schema(&conn).map_err(|e| unavailable(&e))?;
+            close::is_closed(&conn, &key, raised_at).map_err(|e| unavailable(&e))?
+        };
+        if closed {
+            return Err(BackendError::Conflict(format!("`{key}` is already closed")));
+        }
+        if returned.is_none() {
+            return Err(BackendError::Conflict(format!(
+                "`{key}` has not returned to normal: it can be closed only after it returns"
+            )));
+        }
+        if acked.is_none() {
+            return Err(BackendError::Conflict(format!(
+                "`{key}` is not acknowledged: acknowledge it before closing"
+            )));
+        }
+        // The point's data around the alarm, from the local archive (10 min either side).
+        let tag = key.split(':').next().unwrap_or(&key).to_string();
+        let margin = 600_000_000_000;
+        let from = Timestamp(raised_at.0 - margin);
+        let to = Timestamp(
+            returned
+                .unwrap_or(now)
+                .0
+                .saturating_add(margin)
+                .min(now.0.max(raised_at.0)),
+        );
+        let unit = self
+            .parts
+            .table
+            .id(&tag)
+            .and_then(|pid| self.parts.table.get(pid))
+            .map(|p| p.unit.symbol().to_string())
+            .unwrap_or_default();
+        let dir = self.parts.archive_dir.clone();
+        let tag2 = tag.clone();
+        let samples = tokio::task::spawn_blocking(move || -> Vec<Sample> {
+            let Some(dir) = dir else { return Vec::new() };
+            let Ok(reader) = crate::store::spool::ArchiveReader::open(&dir) else {
+                return Vec::new();
+            };
+            let mut out: Vec<Sample> = reader
+                .between(from, to)
+                .filter_map(Result::ok)
+                .filter(|r| r.point.tag == tag2)
+                .map(|r| Sample {
+                    time: r.reading.source_time,
+                    value: r.reading.value,
+                    quality: format!("{:?}", r.reading.quality).to_lowercase(),
+                })
+                .take(close::MAX_SAMPLES)
+                .collect();
+            out.sort_by_key(|s| s.time.0);
+            out
+        })
+        .await
+        .map_err(|e| unavailable(&e))?;
+        let req = ClosureRequest {
+            alarm_id: key.clone(),
+            cause,
+            action,
+            reviewer: reviewer.unwrap_or_else(|| by.username.clone()),
+            snapshot: DataSnapshot {
+                unit,
+                from,
+                to,
+                samples,
+            },
+        };
+        let facts = AlarmFacts {
+            alarm_id: key.clone(),
+            raised_at,
+            returned_at: returned,
+            acked_at: acked,
+            closed,
+        };
+        let closure = close::validate_closure(&req, &facts, now).map_err(|errs| {
+            BackendError::Invalid(
+                errs.iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        let linkage = self.parts.linkage.clone();
+        let closed_cause = closure.cause.clone();
+        let closure_id = tokio::task::spawn_blocking(move || -> Result<u64, BackendError> {
+            let base = match (&linkage, serde_json::from_value::<Event>(raise_payload)) {
+                (Some(l), Ok(ev)) => l.notification_of(&ev),
+                _ => None,
+            };
+            match (&linkage, base) {
+                (Some(l), Some(base)) => l
+                    .close(&path, &closure, raised_at, &base)
+                    .map_err(|e| BackendError::Unavailable(e.to_string())),
+                // No channels: recorded in the journal database only.
+                _ => {
+                    let mut conn =
+                        crate::linkage::outbox::open(&path).map_err(|e| unavailable(&e))?;
+                    let tx = conn.transaction().map_err(|e| unavailable(&e))?;
+                    let id =
+                        close::record(&tx, &closure, raised_at).map_err(|e| unavailable(&e))?;
+                    tx.commit().map_err(|e| unavailable(&e))?;
+                    Ok(id)
+                }
+            }
+        })
+        .await
+        .map_err(|e| unavailable(&e))??;
+        tracing::info!(alarm = %key, closure = closure_id, by = %by.username, "alarm closed (消警)");
+        let before = match &live {
+            Some(a) => self.alarm_view(a),
+            None => self
+                .alarm_history(AlarmFilter {
+                    point: Some(tag),
+                    ..AlarmFilter::default()
+                })
+                .await?
+                .into_iter()
+                .find(|v| v.id == id)
+                .ok_or_else(|| BackendError::NotFound(format!("no alarm with id {id}")))?,
+        };
+        let after = AlarmView {
+            state: AlarmState::Normal,
+            comment: Some(format!("消警 / closed: {closed_cause}")),
+            ..before.clone()
+        };
+        Ok((before, after))
+    }
+
     fn versions_of(&self, tag: &str) -> Vec<LimitsVersion> {
         if let Some(v) = lock(&self.shared).versions.get(tag) {
             return v.clone();
@@ -1158,6 +1397,14 @@ impl ApiBackend for EngineBackend {
         by: Actor,
     ) -> BoxFut<'_, Result<(AlarmView, AlarmView), BackendError>> {
         Box::pin(async move {
+            if let AlarmCommand::Close {
+                cause,
+                action,
+                reviewer,
+            } = cmd
+            {
+                return self.close_alarm(id, cause, action, reviewer, by).await;
+            }
             let a = self.find_alarm_fresh(id).await?;
             let before = self.alarm_view(&a);
             let nonempty = |s: String| (!s.trim().is_empty()).then_some(s);
@@ -1178,26 +1425,8 @@ impl ApiBackend for EngineBackend {
                     user: by.username.clone(),
                     comment: nonempty(reason),
                 },
-                // 消警: closing acknowledges an alarm whose condition has gone (returned,
-                // unacknowledged) with cause and action as the comment. An alarm whose
-                // condition is still present cannot be closed.
-                AlarmCommand::Close { cause, action } => {
-                    if a.active || a.state != EState::ReturnedUnacknowledged {
-                        return Err(BackendError::Conflict(format!(
-                            "`{}` cannot be closed: its condition is {} and it is {}",
-                            a.alarm,
-                            if a.active { "still present" } else { "gone" },
-                            serde_json::to_value(a.state)
-                                .ok()
-                                .and_then(|v| v.as_str().map(str::to_owned))
-                                .unwrap_or_default()
-                        )));
-                    }
-                    Command::Acknowledge {
-                        target: a.alarm.clone(),
-                        user: by.username.clone(),
-                        comment: Some(format!("cause: {cause}; action: {action}")),
-                    }
+                AlarmCommand::Close { .. } => {
+                    unreachable!("handled by close_alarm before the alarm lookup")
                 }
             };
             let acknowledges = matches!(command, Command::Acknowledge { .. });
@@ -1729,6 +1958,7 @@ mod tests {
             archive_dir: None,
             modbus: None,
             mqtt: Vec::new(),
+            linkage: None,
         };
         let backend = EngineBackend::new(parts);
         let hub = Arc::new(EventHub::new(HubSettings::default(), 1));

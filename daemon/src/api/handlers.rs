@@ -564,6 +564,9 @@ pub(super) async fn unshelve(
 pub(super) struct CloseBody {
     cause: String,
     action: String,
+    /// 审核人; the acting user when left out.
+    #[serde(default)]
+    reviewer: Option<String>,
 }
 
 pub(super) async fn close(
@@ -581,6 +584,7 @@ pub(super) async fn close(
     let cmd = AlarmCommand::Close {
         cause: b.cause,
         action: b.action,
+        reviewer: b.reviewer,
     };
     alarm_cmd(st, p, ext, id, cmd, "alarm.close", &reason).await
 }

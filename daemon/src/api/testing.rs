@@ -392,7 +392,7 @@ impl ApiBackend for TestBackend {
                     a.shelved_until_ms = None;
                     a.comment = Some(reason.clone());
                 }
-                AlarmCommand::Close { cause, action } => {
+                AlarmCommand::Close { cause, action, .. } => {
                     if a.state == AlarmState::Normal {
                         return Err(BackendError::Conflict(format!("alarm {id} is closed")));
                     }
