@@ -4,7 +4,7 @@
 //! The raw readings still carry tags and the payload's unit; [`resolve`] maps them onto
 //! points of the [`PointTable`] and converts them into the point's unit.
 
-use super::config::{PayloadFormat, Subscription, TagSource, TimeFormat};
+use super::config::{FieldPath, PathPart, PayloadFormat, Subscription, TagSource, TimeFormat};
 use super::sparkplug::SparkplugState;
 use parkguard_rules::{PointTable, Quality, Reading, Timestamp, Unit};
 use serde_json::Value;
@@ -140,10 +140,10 @@ pub fn decode(
 fn topic_tag(sub: &Subscription, topic: &str) -> Result<Option<String>, DecodeError> {
     match &sub.tag {
         TagSource::Segment(i) => match topic.split('/').nth(*i) {
-            Some(s) if !s.is_empty() => Ok(Some(format!("{}{s}", sub.tag_prefix))),
+            Some(s) if !s.is_empty() => Ok(Some(prefixed(&sub.tag_prefix, s))),
             _ => Err(DecodeError::NoTagInTopic(topic.to_string())),
         },
-        TagSource::Fixed(t) => Ok(Some(format!("{}{t}", sub.tag_prefix))),
+        TagSource::Fixed(t) => Ok(Some(prefixed(&sub.tag_prefix, t))),
         TagSource::Field(_) | TagSource::MetricName => Ok(None),
     }
 }
@@ -183,6 +183,48 @@ fn decode_json(
     receive_time: Timestamp,
     out: &mut Decoded,
 ) {
+    if let Some(keys) = flat_keys(sub)
+        && let Some(slots) = flat_fields(&keys, payload)
+    {
+        // Fast path: one flat object, every field a top-level key (the common gateway
+        // shape). Only the configured fields are materialised; everything else is skipped
+        // without allocating. Any other shape, and every error, takes the general path
+        // below, so results and error texts are the same on both. One difference: fields
+        // the subscription does not read are only checked for syntax (a number out of
+        // f64 range there is not an error).
+        let topic_tag = match topic_tag(sub, topic) {
+            Ok(t) => t,
+            Err(e) => {
+                out.errors.push(e);
+                return;
+            }
+        };
+        let fields = Fields {
+            value: slots[0].as_ref(),
+            unit: slots[1].as_ref(),
+            time: slots[2].as_ref(),
+            quality: slots[3].as_ref(),
+            tag: slots[4].as_ref(),
+        };
+        match json_item(sub, topic_tag.as_deref(), &fields, receive_time) {
+            Ok(r) => out.readings.push(r),
+            Err(e) => out.errors.push(e),
+        }
+        return;
+    }
+    decode_json_general(sub, topic, payload, receive_time, out);
+}
+
+/// Any JSON shape: the whole payload as a `serde_json::Value`, fields found by path.
+/// [`decode_stateless`] uses it for every payload the fast path does not take; public so
+/// that `mqtt_bench` can measure both paths on the same payloads.
+pub fn decode_json_general(
+    sub: &Subscription,
+    topic: &str,
+    payload: &[u8],
+    receive_time: Timestamp,
+    out: &mut Decoded,
+) {
     let root: Value = match serde_json::from_slice(payload) {
         Ok(v) => v,
         Err(e) => {
@@ -216,24 +258,139 @@ fn decode_json(
         (None, _) => std::slice::from_ref(&root),
     };
     out.readings.reserve(items.len());
+    let opt = |p: &Option<FieldPath>, item| p.as_ref().and_then(|p| p.get(item));
     for item in items {
-        match json_item(sub, topic_tag.as_deref(), item, receive_time) {
+        let fields = Fields {
+            value: sub.json.value.get(item),
+            unit: opt(&sub.json.unit, item),
+            time: opt(&sub.json.time, item),
+            quality: opt(&sub.json.quality, item),
+            tag: match &sub.tag {
+                TagSource::Field(p) => p.get(item),
+                _ => None,
+            },
+        };
+        match json_item(sub, topic_tag.as_deref(), &fields, receive_time) {
             Ok(r) => out.readings.push(r),
             Err(e) => out.errors.push(e),
         }
     }
 }
 
+/// The JSON values one reading is made of (found by the subscription's field paths).
+struct Fields<'a> {
+    value: Option<&'a Value>,
+    unit: Option<&'a Value>,
+    time: Option<&'a Value>,
+    quality: Option<&'a Value>,
+    tag: Option<&'a Value>,
+}
+
+/// Number of fields of the fast path: value, unit, time, quality, tag.
+const FLAT_FIELDS: usize = 5;
+
+/// The top-level keys of the fields, when the subscription reads one flat object per
+/// payload and every configured path is a single object key; `None` otherwise.
+fn flat_keys(sub: &Subscription) -> Option<[Option<&str>; FLAT_FIELDS]> {
+    if sub.json.readings.is_some() {
+        return None;
+    }
+    fn key(p: &FieldPath) -> Option<&str> {
+        match p.0.as_slice() {
+            [PathPart::Key(k)] => Some(k.as_str()),
+            _ => None,
+        }
+    }
+    fn opt(p: &Option<FieldPath>) -> Option<Option<&str>> {
+        match p {
+            None => Some(None),
+            Some(p) => key(p).map(Some),
+        }
+    }
+    let tag = match &sub.tag {
+        TagSource::Field(p) => Some(key(p)?),
+        _ => None,
+    };
+    Some([
+        Some(key(&sub.json.value)?),
+        opt(&sub.json.unit)?,
+        opt(&sub.json.time)?,
+        opt(&sub.json.quality)?,
+        tag,
+    ])
+}
+
+/// Read one JSON object, keeping only the values of `keys` (the last one when a key
+/// repeats, as `serde_json::Value` does). `None` when the payload is not a well-formed
+/// object.
+fn flat_fields(
+    keys: &[Option<&str>; FLAT_FIELDS],
+    payload: &[u8],
+) -> Option<[Option<Value>; FLAT_FIELDS]> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    /// Which wanted field a key is (its index), or none.
+    struct KeySeed<'k>(&'k [Option<&'k str>; FLAT_FIELDS]);
+    impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+        type Value = Option<usize>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl Visitor<'_> for KeySeed<'_> {
+        type Value = Option<usize>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object key")
+        }
+        fn visit_str<E: serde::de::Error>(self, k: &str) -> Result<Self::Value, E> {
+            Ok(self.0.iter().position(|w| *w == Some(k)))
+        }
+    }
+    struct Object<'k>(&'k [Option<&'k str>; FLAT_FIELDS]);
+    impl<'de> Visitor<'de> for Object<'_> {
+        type Value = [Option<Value>; FLAT_FIELDS];
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut slots: [Option<Value>; FLAT_FIELDS] = Default::default();
+            while let Some(k) = map.next_key_seed(KeySeed(self.0))? {
+                match k {
+                    Some(i) => {
+                        let v = map.next_value::<Value>()?;
+                        // A key may serve several fields (e.g. unit and quality both
+                        // "u"): fill every slot that names it.
+                        for (j, w) in self.0.iter().enumerate().skip(i + 1) {
+                            if *w == self.0[i] {
+                                slots[j] = Some(v.clone());
+                            }
+                        }
+                        slots[i] = Some(v);
+                    }
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(slots)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let slots = de.deserialize_map(Object(keys)).ok()?;
+    de.end().ok()?;
+    Some(slots)
+}
+
 fn json_item(
     sub: &Subscription,
     topic_tag: Option<&str>,
-    item: &Value,
+    f: &Fields<'_>,
     receive_time: Timestamp,
 ) -> Result<RawReading, DecodeError> {
     let tag = match (topic_tag, &sub.tag) {
         (Some(t), _) => t.to_string(),
-        (None, TagSource::Field(p)) => match p.get(item) {
-            Some(Value::String(s)) if !s.is_empty() => format!("{}{s}", sub.tag_prefix),
+        (None, TagSource::Field(_)) => match f.tag {
+            Some(Value::String(s)) if !s.is_empty() => prefixed(&sub.tag_prefix, s),
             Some(Value::Number(n)) => format!("{}{n}", sub.tag_prefix),
             Some(other) => {
                 return Err(DecodeError::WrongType {
@@ -245,7 +402,7 @@ fn json_item(
         },
         (None, _) => return Err(DecodeError::Missing("tag")),
     };
-    let value = match sub.json.value.get(item) {
+    let value = match f.value {
         Some(Value::Number(n)) => {
             n.as_f64()
                 .filter(|v| v.is_finite())
@@ -272,7 +429,7 @@ fn json_item(
         }
         None => return Err(DecodeError::Missing("value")),
     };
-    let unit = match sub.json.unit.as_ref().and_then(|p| p.get(item)) {
+    let unit = match f.unit {
         None | Some(Value::Null) => sub.unit,
         Some(Value::String(s)) => {
             Some(Unit::parse(s).ok_or_else(|| DecodeError::UnknownUnit(s.clone()))?)
@@ -284,11 +441,11 @@ fn json_item(
             });
         }
     };
-    let source_time = match sub.json.time.as_ref().and_then(|p| p.get(item)) {
+    let source_time = match f.time {
         None | Some(Value::Null) => receive_time,
         Some(v) => json_time(v, sub.time_format)?,
     };
-    let quality = match sub.json.quality.as_ref().and_then(|p| p.get(item)) {
+    let quality = match f.quality {
         None | Some(Value::Null) => Quality::Good,
         Some(v) => json_quality(v),
     };
@@ -299,6 +456,14 @@ fn json_item(
         quality,
         source_time,
     })
+}
+
+/// `prefix` + `s` in one allocation.
+fn prefixed(prefix: &str, s: &str) -> String {
+    let mut t = String::with_capacity(prefix.len() + s.len());
+    t.push_str(prefix);
+    t.push_str(s);
+    t
 }
 
 /// Exact decimal text (`-?digits[.digits]`) × 10^`scale` as an integer; `None` for other
@@ -663,6 +828,66 @@ mod tests {
             let reasons: Vec<_> = d.errors.iter().map(DecodeError::reason).collect();
             assert_eq!(reasons, want_err, "case {i}: {:?}", d.errors);
         }
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_general_path() {
+        let subs = [
+            r#"{"broker":"b","topic":"p/+","format":"json","tag_segment":1}"#,
+            r#"{"broker":"b","topic":"p/+","format":"json","tag_segment":1,"tag_prefix":"E1.",
+                "unit_field":"u","time_field":"ts","quality_field":"q"}"#,
+            r#"{"broker":"b","topic":"p/+","format":"json","tag_field":"id","value_field":"v",
+                "unit_field":"u","quality_field":"u","time_field":"t","time_format":"epoch_ns"}"#,
+            r#"{"broker":"b","topic":"p/#","format":"json","tag_segment":3}"#,
+        ];
+        let payloads = [
+            r#"{"value": 12.5}"#,
+            r#"{"value": "7", "u": "ppm", "ts": 1764144000123, "q": "maintenance"}"#,
+            r#" {"value": 1, "value": 2, "ts": "2025-11-26T08:00:00.123Z"} "#,
+            r#"{"id":"A","v":3.25,"u":null,"t":1764144000123000000,"x":{"deep":[1,2,{"a":"b"}]}}"#,
+            r#"{"id":7,"v":true,"u":"ppm"}"#,
+            r#"{"id":"","v":1}"#,
+            r#"{"id":"B","v":[1]}"#,
+            r#"{"id":"B","v":1,"t":[1]}"#,
+            r#"{"id":"B","v":1,"u":"furlong"}"#,
+            r#"{"id":"B","v":1e400,"value":1e400}"#,
+            r#"{"id":"B","value":1,"ts":1,"q":192,"u":"%LEL","v":2}"#,
+            r#"{"escaped":1,"value":4.5,"ts":-12.5}"#,
+            r#"{"value":1,}"#,
+            r#"{"value":1} trailing"#,
+            r#"[{"value":1}]"#,
+            r#"42"#,
+            r#""#,
+            r#"{"value":null}"#,
+        ];
+        let mut fast_used = 0;
+        for s in subs {
+            let sub = sub(s);
+            for topic in ["p/AT-1", "p/x/y/T"] {
+                for p in payloads {
+                    let mut general = Decoded::default();
+                    decode_json_general(&sub, topic, p.as_bytes(), RT, &mut general);
+                    let mut any = Decoded::default();
+                    decode_json(&sub, topic, p.as_bytes(), RT, &mut any);
+                    assert_eq!(any, general, "{s} {topic} {p}");
+                    if flat_keys(&sub)
+                        .and_then(|k| flat_fields(&k, p.as_bytes()))
+                        .is_some()
+                    {
+                        fast_used += 1;
+                    }
+                }
+            }
+        }
+        assert!(fast_used > 40, "the fast path was taken {fast_used} times");
+        // Nested paths and arrays of readings never take the fast path.
+        let nested =
+            sub(r#"{"broker":"b","topic":"gw/1","format":"json","tag":"T","value_field":"d.v"}"#);
+        assert!(flat_keys(&nested).is_none());
+        let rows = sub(
+            r#"{"broker":"b","topic":"gw/1","format":"json","tag":"T","readings_field":"rows"}"#,
+        );
+        assert!(flat_keys(&rows).is_none());
     }
 
     #[test]

@@ -1,0 +1,906 @@
+//! End-to-end benchmark of the real `parkguard` binary (issue #11): real mosquitto, real
+//! VictoriaMetrics (standing in for InfluxDB 2), the built-in Modbus simulator, a generated
+//! park and config, and the release daemon as a child process.
+//!
+//! ```text
+//! cargo build --release -p parkguard          # the daemon under test
+//! cargo run --release -p parkguard-tests --bin e2e-bench -- <scenario> [options]
+//! ```
+//!
+//! Scenarios (every size is an option, so a quick run is possible):
+//! - `burst`: `--readings 1000000` JSON readings over `--points 10000` at full speed.
+//! - `steady`: `--rate 5000` readings/s for `--seconds 60` (run again with `--rate 20000`).
+//! - `modbus`: `--devices 100` × `--registers 100` at `--hz 10`, polled by the daemon.
+//! - `soak`: `--rate 5000` for `--seconds 3600` with VictoriaMetrics down for
+//!   `--outage 300` s in the middle (a shortened run: `--seconds 300 --outage 60`).
+//!
+//! What is measured, and where:
+//! - readings stored: counted **in VictoriaMetrics** (`count_over_time` of `reading_value`),
+//!   never in parkguard; loss = published − stored once the count stops growing.
+//! - alarm latency: a second MQTT connection publishes probe readings that cross (and
+//!   return under) a level-1 limit on dedicated probe points every `--probe-ms`; latency is
+//!   publish → the `alarm` event on the daemon's SSE stream (`/api/v1/events`). The MQTT
+//!   alarm channel is not on main yet; SSE is where the console sees the alarm.
+//! - CPU: utime + stime of the daemon's PID from `/proc/PID/stat` over the run; peak RSS is
+//!   its `VmHWM`.
+//! - Modbus: polls/s, values/s from the daemon's `/metrics` counters over the window, CPU per
+//!   poll. Poll-start jitter is not exported by the daemon; `modbus_bench` measures it on
+//!   the poller alone.
+
+use anyhow::{Context, Result, bail, ensure};
+use parkguard_drivers::modbus::sim::{self, SimDeviceSpec, SimKind};
+use parkguard_tests::servers::{mosquitto, victoria};
+use parkguard_tests::{Server, free_port, spawn_in, wait_listening};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const PARK: &str = "bench-park";
+/// Probe points (level-1 limit 25 %LEL); each probe alternates high and low on one of them.
+const PROBE_POINTS: usize = 20;
+
+#[derive(Clone, Debug)]
+struct Args {
+    scenario: String,
+    points: usize,
+    readings: usize,
+    rate: f64,
+    seconds: u64,
+    qos: u8,
+    probe_ms: u64,
+    devices: u8,
+    registers: u16,
+    hz: f64,
+    warmup: u64,
+    outage: u64,
+    daemon: Option<PathBuf>,
+    keep: bool,
+}
+
+const USAGE: &str = "usage: e2e-bench burst|steady|modbus|soak [--points N] [--readings N] [--rate R] \
+[--seconds S] [--qos 0|1] [--probe-ms MS] [--devices D] [--registers R] [--hz H] [--warmup S] \
+[--outage S] [--daemon PATH] [--keep]";
+
+fn args() -> Result<Args> {
+    let mut it = std::env::args().skip(1);
+    let scenario = it.next().context(USAGE)?;
+    if scenario == "--serve-modbus" {
+        let devices: u8 = it.next().context("devices")?.parse()?;
+        let registers: u16 = it.next().context("registers")?.parse()?;
+        serve_modbus(devices, registers)?;
+        std::process::exit(0);
+    }
+    let (rate, seconds, outage) = match scenario.as_str() {
+        "burst" => (0.0, 0, 0),
+        "steady" => (5000.0, 60, 0),
+        "modbus" => (0.0, 30, 0),
+        "soak" => (5000.0, 3600, 300),
+        _ => bail!("unknown scenario {scenario:?}\n{USAGE}"),
+    };
+    let mut a = Args {
+        scenario,
+        points: 10_000,
+        readings: 1_000_000,
+        rate,
+        seconds,
+        qos: 1,
+        probe_ms: 100,
+        devices: 100,
+        registers: 100,
+        hz: 10.0,
+        warmup: 5,
+        outage,
+        daemon: None,
+        keep: false,
+    };
+    while let Some(k) = it.next() {
+        let mut v = || it.next().with_context(|| format!("{k} needs a value"));
+        match k.as_str() {
+            "--points" => a.points = v()?.parse()?,
+            "--readings" => a.readings = v()?.parse()?,
+            "--rate" => a.rate = v()?.parse()?,
+            "--seconds" => a.seconds = v()?.parse()?,
+            "--qos" => a.qos = v()?.parse()?,
+            "--probe-ms" => a.probe_ms = v()?.parse()?,
+            "--devices" => a.devices = v()?.parse()?,
+            "--registers" => a.registers = v()?.parse()?,
+            "--hz" => a.hz = v()?.parse()?,
+            "--warmup" => a.warmup = v()?.parse()?,
+            "--outage" => a.outage = v()?.parse()?,
+            "--daemon" => a.daemon = Some(v()?.into()),
+            "--keep" => a.keep = true,
+            other => bail!("unknown option {other}\n{USAGE}"),
+        }
+    }
+    ensure!(a.points > 0 && a.qos <= 1 && a.probe_ms > 0, "{USAGE}");
+    ensure!(
+        (1..=247).contains(&a.devices) && (1..=125).contains(&a.registers),
+        "need 1 ≤ devices ≤ 247 and 1 ≤ registers ≤ 125"
+    );
+    Ok(a)
+}
+
+/// The release daemon: `--daemon PATH`, else `target/release/parkguard` beside this binary.
+fn daemon_path(a: &Args) -> Result<PathBuf> {
+    if let Some(p) = &a.daemon {
+        return Ok(p.clone());
+    }
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .context("binary dir")?
+        .join(format!("parkguard{}", std::env::consts::EXE_SUFFIX));
+    ensure!(
+        bin.exists(),
+        "{} not built: run `cargo build --release -p parkguard` first",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+fn main() -> Result<()> {
+    let a = args()?;
+    let bin = daemon_path(&a)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    println!(
+        "e2e-bench {} with {} (built {})",
+        a.scenario,
+        bin.display(),
+        std::fs::metadata(&bin)
+            .and_then(|m| m.modified())
+            .map(|t| format!(
+                "{} s ago",
+                t.elapsed().map(|d| d.as_secs()).unwrap_or_default()
+            ))
+            .unwrap_or_default()
+    );
+    match a.scenario.as_str() {
+        "modbus" => rt.block_on(modbus(&a, &bin)),
+        _ => rt.block_on(mqtt(&a, &bin)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The daemon process
+
+/// The daemon under test, with what is needed to talk to it.
+struct Daemon {
+    server: Server,
+    api: String,
+    token: String,
+}
+
+impl Daemon {
+    fn start(bin: &Path, dir: tempfile::TempDir, config: &str) -> Result<Self> {
+        let api_port = free_port()?;
+        let users = dir.path().join("users.toml");
+        parkguard::auth::add_user(
+            &users,
+            "bench",
+            parkguard::auth::Role::Viewer,
+            "bench-viewer-password",
+        )?;
+        let token = parkguard::auth::add_token(&users, "bench", "e2e-bench")?;
+        let cfg = dir.path().join("park.toml");
+        let config = config
+            .replace("@API@", &format!("127.0.0.1:{api_port}"))
+            .replace("@USERS@", &users.display().to_string())
+            .replace("@DATA@", &dir.path().join("data").display().to_string());
+        std::fs::write(&cfg, config)?;
+        let check = Command::new(bin).arg("check-config").arg(&cfg).output()?;
+        ensure!(
+            check.status.success(),
+            "generated config rejected: {}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let mut cmd = Command::new(bin);
+        cmd.args(["run", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info");
+        let mut server = spawn_in("parkguard", cmd, api_port, dir)?;
+        wait_listening(&mut server, Duration::from_secs(60))?;
+        Ok(Self {
+            server,
+            api: format!("http://127.0.0.1:{api_port}"),
+            token,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.server.pid()
+    }
+
+    /// utime + stime of the daemon, seconds.
+    fn cpu(&self) -> Result<f64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        let rest = s.rsplit_once(')').context("stat")?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f.get(11).context("utime")?.parse::<u64>()?
+            + f.get(12).context("stime")?.parse::<u64>()?;
+        Ok(ticks as f64 / 100.0)
+    }
+
+    /// A `/proc/PID/status` value in MiB (VmRSS, VmHWM).
+    fn mem_mib(&self, key: &str) -> Result<f64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        for line in s.lines() {
+            if let Some(v) = line.strip_prefix(key).and_then(|r| r.strip_prefix(':')) {
+                return Ok(v.trim().trim_end_matches(" kB").trim().parse::<f64>()? / 1024.0);
+            }
+        }
+        bail!("{key} not in /proc/PID/status")
+    }
+
+    async fn wait_log(&self, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !self.server.log().contains(needle) {
+            ensure!(
+                Instant::now() < deadline,
+                "daemon never logged {needle:?}:\n{}",
+                tail(&self.server.log())
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// Sum of every sample of the Prometheus counter `name` in `/metrics`.
+    async fn metric_sum(&self, name: &str) -> Result<f64> {
+        let text = reqwest::Client::new()
+            .get(format!("{}/metrics", self.api))
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------
+// Generated park
+
+fn header(influx: &str) -> String {
+    format!(
+        r#"[park]
+id = "{PARK}"
+name = "基准测试园区"
+
+[data]
+dir = "@DATA@"
+
+[api]
+listen = "@API@"
+users_file = "@USERS@"
+
+[influx]
+url = "{influx}"
+org = "park"
+bucket = "parkguard"
+batch_interval_ms = 200
+
+[[enterprise]]
+code = "E1"
+name = "一号企业"
+"#
+    )
+}
+
+fn mqtt_config(a: &Args, mqtt_port: u16, influx: &str) -> String {
+    let mut c = header(influx);
+    let _ = write!(
+        c,
+        r#"
+[[mqtt_broker]]
+id = "park"
+host = "127.0.0.1"
+port = {mqtt_port}
+client_id = "parkguard-bench"
+
+[[mqtt_subscription]]
+broker = "park"
+topic = "gw/+"
+format = "json"
+tag_segment = 1
+time_field = "ts"
+time_format = "epoch_ms"
+qos = {qos}
+"#,
+        qos = a.qos
+    );
+    let tags = (0..a.points)
+        .map(tag)
+        .chain((0..PROBE_POINTS).map(probe_tag));
+    for t in tags {
+        let _ = write!(
+            c,
+            r#"
+[[point]]
+tag = "{t}"
+name = "{t}"
+enterprise = "E1"
+kind = "combustible"
+gas = "ch4"
+unit = "%LEL"
+range = [0, 100]
+interval = "1h"
+limits = {{ h = 25, hh = 50, on_delay = "0s", off_delay = "0s" }}
+"#
+        );
+    }
+    c
+}
+
+fn tag(i: usize) -> String {
+    format!("P{i:05}")
+}
+
+fn probe_tag(i: usize) -> String {
+    format!("AL-{i:02}")
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------
+// VictoriaMetrics count
+
+/// Samples of `reading_value` of the bench park stored in VictoriaMetrics.
+async fn stored(vm: &str) -> Result<u64> {
+    victoria::force_flush(vm).await?;
+    let q = format!(r#"sum(count_over_time(reading_value{{park="{PARK}"}}[30d]))"#);
+    let v: serde_json::Value = reqwest::Client::new()
+        .get(format!("{vm}/api/v1/query"))
+        .query(&[("query", q.as_str()), ("nocache", "1")])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let result = &v["data"]["result"];
+    match result.as_array().and_then(|r| r.first()) {
+        None => Ok(0),
+        Some(r) => Ok(r["value"][1]
+            .as_str()
+            .context("count value")?
+            .parse::<f64>()? as u64),
+    }
+}
+
+/// Poll the stored count until it reaches `want` or stops growing for `patience`.
+/// Returns (count, when it was last seen growing).
+async fn wait_stored(vm: &str, want: u64, patience: Duration) -> Result<(u64, Instant)> {
+    let mut last = stored(vm).await.unwrap_or(0);
+    let mut last_change = Instant::now();
+    while last < want && last_change.elapsed() < patience {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let n = stored(vm).await.unwrap_or(last);
+        if n != last {
+            last = n;
+            last_change = Instant::now();
+        }
+    }
+    Ok((last, last_change))
+}
+
+// ---------------------------------------------------------------------------------------
+// Alarm latency over SSE
+
+#[derive(Default)]
+struct Probes {
+    /// tag → when the probe crossing its limit was published.
+    pending: HashMap<String, Instant>,
+    latencies_us: Vec<u64>,
+    sent: usize,
+    skipped: usize,
+}
+
+/// Read the daemon's SSE stream and match `alarm` events to pending probes.
+async fn sse_reader(
+    api: String,
+    token: String,
+    probes: Arc<Mutex<Probes>>,
+    ready: Arc<AtomicBool>,
+) {
+    loop {
+        let r = reqwest::Client::new()
+            .get(format!("{api}/api/v1/events"))
+            .bearer_auth(&token)
+            .send()
+            .await;
+        let mut resp = match r.and_then(|r| r.error_for_status()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("SSE connect failed: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        ready.store(true, Ordering::SeqCst);
+        let mut buf = String::new();
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            let now = Instant::now();
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let ev: String = buf.drain(..end + 2).collect();
+                if !ev.lines().any(|l| l == "event: alarm") {
+                    continue;
+                }
+                let Some(data) = ev.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                    continue;
+                };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+                    continue;
+                };
+                let Some(point) = v["point"].as_str() else {
+                    continue;
+                };
+                let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(t0) = p.pending.remove(point) {
+                    p.latencies_us
+                        .push(now.duration_since(t0).as_micros() as u64);
+                }
+            }
+        }
+        eprintln!("SSE stream ended; reconnecting");
+    }
+}
+
+fn mqtt_client(
+    port: u16,
+    name: &str,
+    qos: u8,
+) -> (rumqttc::AsyncClient, tokio::task::JoinHandle<Result<u64>>) {
+    let mut o =
+        rumqttc::MqttOptions::new(format!("{name}-{}", std::process::id()), "127.0.0.1", port);
+    o.set_inflight(1000);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 10_000);
+    let _ = qos;
+    // Counts PUBACKs until the client disconnects.
+    let pump = tokio::spawn(async move {
+        let mut acks = 0u64;
+        loop {
+            match el.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => acks += 1,
+                Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return Ok(acks),
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("publisher connection: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    (client, pump)
+}
+
+fn qos_of(q: u8) -> rumqttc::QoS {
+    if q == 0 {
+        rumqttc::QoS::AtMostOnce
+    } else {
+        rumqttc::QoS::AtLeastOnce
+    }
+}
+
+/// Probe loop: every `probe_ms`, one probe point goes above its level-1 limit or back
+/// under it. Returns the number of probe readings published.
+async fn probe_loop(
+    client: rumqttc::AsyncClient,
+    probes: Arc<Mutex<Probes>>,
+    probe_ms: u64,
+    stop: Arc<AtomicBool>,
+) -> Result<u64> {
+    let mut tick = tokio::time::interval(Duration::from_millis(probe_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut j = 0usize;
+    let mut published = 0u64;
+    let mut last_ts = 0i64;
+    while !stop.load(Ordering::SeqCst) {
+        tick.tick().await;
+        let point = probe_tag((j / 2) % PROBE_POINTS);
+        let high = j.is_multiple_of(2);
+        j += 1;
+        let value = if high { 30.0 } else { 5.0 };
+        // Distinct, increasing source times per point (VictoriaMetrics keeps ms).
+        let ts = now_ms().max(last_ts + 1);
+        last_ts = ts;
+        {
+            let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
+            if p.pending.contains_key(&point) {
+                // The previous event of this point never came: counted, not overwritten.
+                p.skipped += 1;
+            } else {
+                p.pending.insert(point.clone(), Instant::now());
+                p.sent += 1;
+            }
+        }
+        let payload = format!(r#"{{"value":{value},"ts":{ts}}}"#);
+        client
+            .publish(
+                format!("gw/{point}"),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await?;
+        published += 1;
+    }
+    Ok(published)
+}
+
+// ---------------------------------------------------------------------------------------
+// MQTT scenarios: burst, steady, soak
+
+async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
+    let broker = mosquitto::start()?;
+    let vm_dir = tempfile::tempdir()?;
+    let vm_data = vm_dir.path().join("vm");
+    let vm_port = free_port()?;
+    let mut vm = victoria::start_on(&vm_data, vm_port)?;
+    let vm_url = victoria::url(&vm);
+    let dir = tempfile::tempdir()?;
+    let dir_path = dir.path().to_path_buf();
+    let daemon = Daemon::start(bin, dir, &mqtt_config(a, broker.port, &vm_url))?;
+    daemon
+        .wait_log("mqtt connected", Duration::from_secs(30))
+        .await?;
+    let rss_idle = daemon.mem_mib("VmRSS")?;
+    println!(
+        "daemon pid {} up; {} points + {PROBE_POINTS} probe points; RSS idle {rss_idle:.1} MiB",
+        daemon.pid(),
+        a.points
+    );
+
+    let probes = Arc::new(Mutex::new(Probes::default()));
+    let sse_ready = Arc::new(AtomicBool::new(false));
+    let sse = tokio::spawn(sse_reader(
+        daemon.api.clone(),
+        daemon.token.clone(),
+        probes.clone(),
+        sse_ready.clone(),
+    ));
+    while !sse_ready.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (load, load_pump) = mqtt_client(broker.port, "bench-load", a.qos);
+    let (probe, probe_pump) = mqtt_client(broker.port, "bench-probe", 1);
+    let topics: Vec<String> = (0..a.points).map(|i| format!("gw/{}", tag(i))).collect();
+    let base_ms = now_ms();
+    let total = match a.scenario.as_str() {
+        "burst" => a.readings,
+        _ => (a.rate * a.seconds as f64).round() as usize,
+    };
+    let stop_probes = Arc::new(AtomicBool::new(false));
+    let probe_task = tokio::spawn(probe_loop(
+        probe.clone(),
+        probes.clone(),
+        a.probe_ms,
+        stop_probes.clone(),
+    ));
+
+    let cpu0 = daemon.cpu()?;
+    let t0 = Instant::now();
+    let mut rss_samples: Vec<(f64, f64)> = Vec::new();
+    let mut outage_done = a.outage == 0;
+    let outage_at = Duration::from_secs(a.seconds.saturating_sub(a.outage) / 2);
+    let mut in_outage: Option<Instant> = None;
+    let q = qos_of(a.qos);
+    let per_tick = a.rate / 100.0;
+    let mut credit = 0.0f64;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut next_report = Duration::from_secs(10);
+    let mut i = 0usize;
+    while i < total {
+        let batch = if a.rate > 0.0 {
+            tick.tick().await;
+            credit += per_tick;
+            let n = credit.floor() as usize;
+            credit -= n as f64;
+            n
+        } else {
+            1000
+        };
+        for _ in 0..batch.min(total - i) {
+            let p = i % a.points;
+            let k = (i / a.points) as i64;
+            let v = ((i / a.points) % 200) as f64 * 0.1;
+            let payload = format!(r#"{{"value":{v:.1},"ts":{}}}"#, base_ms + k);
+            load.publish(topics[p].as_str(), q, false, payload).await?;
+            i += 1;
+        }
+        let el = t0.elapsed();
+        if a.outage > 0 && !outage_done {
+            match in_outage {
+                None if el >= outage_at => {
+                    println!(
+                        "[{:>5.0} s] VictoriaMetrics stopped for {} s",
+                        el.as_secs_f64(),
+                        a.outage
+                    );
+                    // SIGTERM: a planned outage. (A SIGKILL also loses the last seconds
+                    // VictoriaMetrics had acknowledged but not yet written to disk.)
+                    vm.terminate(Duration::from_secs(30));
+                    in_outage = Some(Instant::now());
+                }
+                Some(s) if s.elapsed() >= Duration::from_secs(a.outage) => {
+                    vm = victoria::start_on(&vm_data, vm_port)?;
+                    println!("[{:>5.0} s] VictoriaMetrics back", el.as_secs_f64());
+                    outage_done = true;
+                }
+                _ => {}
+            }
+        }
+        if a.rate > 0.0 && el >= next_report {
+            next_report += Duration::from_secs(10);
+            let rss = daemon.mem_mib("VmRSS")?;
+            rss_samples.push((el.as_secs_f64(), rss));
+            let spool = dir_size(&dir_path.join("data").join("spool"));
+            println!(
+                "[{:>5.0} s] published {i}, daemon CPU {:.1} s, RSS {rss:.1} MiB, spool {:.1} MiB",
+                el.as_secs_f64(),
+                daemon.cpu()? - cpu0,
+                spool as f64 / (1 << 20) as f64
+            );
+        }
+    }
+    let publish_secs = t0.elapsed().as_secs_f64();
+    stop_probes.store(true, Ordering::SeqCst);
+    let probe_published = probe_task.await??;
+    println!(
+        "published {total} readings in {publish_secs:.2} s ({:.0}/s) + {probe_published} probe readings",
+        total as f64 / publish_secs
+    );
+    let want = (total as u64) + probe_published;
+    let (count, last_growth) = wait_stored(&vm_url, want, Duration::from_secs(20)).await?;
+    let stored_secs = last_growth.duration_since(t0).as_secs_f64();
+    let cpu = daemon.cpu()? - cpu0;
+    let hwm = daemon.mem_mib("VmHWM")?;
+    let rss_end = daemon.mem_mib("VmRSS")?;
+    // Give the last probe events time to arrive, then close the books.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sse.abort();
+    let p = std::mem::take(&mut *probes.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut lat = p.latencies_us.clone();
+    lat.sort_unstable();
+    let pct = |q: f64| -> f64 {
+        if lat.is_empty() {
+            f64::NAN
+        } else {
+            lat[((lat.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0
+        }
+    };
+    println!("--- {} results ---", a.scenario);
+    println!(
+        "stored in VictoriaMetrics: {count}/{want} readings, loss {}",
+        want as i64 - count as i64
+    );
+    println!(
+        "end to end: {:.0} readings/s stored (first publish → last sample counted, {stored_secs:.2} s)",
+        count as f64 / stored_secs
+    );
+    println!(
+        "daemon CPU: {cpu:.2} s = {:.2} ms per 1,000 readings; {:.2} cores while publishing",
+        cpu * 1e6 / want.max(1) as f64,
+        cpu / stored_secs
+    );
+    println!("daemon RSS: idle {rss_idle:.1} MiB, end {rss_end:.1} MiB, peak (VmHWM) {hwm:.1} MiB");
+    if let (Some(first), Some(last)) = (rss_samples.first(), rss_samples.last()) {
+        println!(
+            "RSS over the run: {:.1} MiB at {:.0} s → {:.1} MiB at {:.0} s",
+            first.1, first.0, last.1, last.0
+        );
+    }
+    println!(
+        "alarm latency publish → SSE `alarm` event ({} probes, {} answered, {} unanswered at the next use): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        p.sent,
+        lat.len(),
+        p.skipped + p.pending.len(),
+        pct(0.5),
+        pct(0.99),
+        lat.last().map(|&x| x as f64 / 1000.0).unwrap_or(f64::NAN)
+    );
+    if a.outage > 0 {
+        println!(
+            "spool after the run: {:.1} MiB on disk",
+            dir_size(&dir_path.join("data").join("spool")) as f64 / (1 << 20) as f64
+        );
+    }
+    let _ = load.disconnect().await;
+    let _ = probe.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), load_pump).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), probe_pump).await;
+    if a.keep {
+        println!("(--keep) daemon dir kept: {}", dir_path.display());
+        std::mem::forget(daemon);
+    }
+    drop(broker);
+    ensure!(count == want, "readings lost: {count}/{want} stored");
+    Ok(())
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------
+// Modbus scenario
+
+/// Child mode: serve the simulated devices until stdin closes.
+fn serve_modbus(devices: u8, registers: u16) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let specs: Vec<SimDeviceSpec> = (1..=devices)
+            .map(|unit| SimDeviceSpec {
+                unit,
+                kind: SimKind::Bulk(registers),
+            })
+            .collect();
+        let h = sim::serve("127.0.0.1:0".parse()?, &specs).await?;
+        println!("LISTEN {}", h.addr());
+        tokio::task::spawn_blocking(|| {
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        })
+        .await?;
+        h.shutdown().await;
+        Ok(())
+    })
+}
+
+fn modbus_config(a: &Args, sim: std::net::SocketAddr, influx: &str) -> String {
+    let mut c = header(influx);
+    let interval_ms = (1000.0 / a.hz).round() as u64;
+    for unit in 1..=a.devices {
+        let _ = write!(
+            c,
+            r#"
+[[modbus_device]]
+id = "D{unit:03}"
+transport = {{ kind = "tcp", host = "{}", port = {} }}
+unit = {unit}
+poll_interval_ms = {interval_ms}
+timeout_ms = 1000
+"#,
+            sim.ip(),
+            sim.port()
+        );
+    }
+    for unit in 1..=a.devices {
+        for r in 0..a.registers {
+            let _ = write!(
+                c,
+                r#"
+[[point]]
+tag = "D{unit:03}-R{r:03}"
+name = "D{unit:03}-R{r:03}"
+enterprise = "E1"
+kind = "other"
+unit = "%"
+range = [0, 1000]
+interval = "1h"
+modbus = {{ device = "D{unit:03}", address = {r}, decimals = 1 }}
+"#
+            );
+        }
+    }
+    c
+}
+
+async fn modbus(a: &Args, bin: &Path) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args([
+            "--serve-modbus",
+            &a.devices.to_string(),
+            &a.registers.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start the simulator child")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("child stdout")?).read_line(&mut line)?;
+    let sim: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("LISTEN ")
+        .context("simulator did not report its address")?
+        .parse()?;
+    let vm = victoria::start()?;
+    let vm_url = victoria::url(&vm);
+    let daemon = Daemon::start(bin, tempfile::tempdir()?, &modbus_config(a, sim, &vm_url))?;
+    println!(
+        "daemon pid {} up; {} devices × {} registers at {} Hz (simulator {sim}, own process)",
+        daemon.pid(),
+        a.devices,
+        a.registers,
+        a.hz
+    );
+    tokio::time::sleep(Duration::from_secs(a.warmup)).await;
+    let sample = || async {
+        Ok::<_, anyhow::Error>((
+            Instant::now(),
+            daemon.cpu()?,
+            daemon.metric_sum("parkguard_modbus_requests_total").await?,
+            daemon
+                .metric_sum("parkguard_modbus_responses_total")
+                .await?,
+            daemon.metric_sum("parkguard_modbus_readings_total").await?,
+            daemon.metric_sum("parkguard_modbus_timeouts_total").await?
+                + daemon
+                    .metric_sum("parkguard_modbus_io_errors_total")
+                    .await?
+                + daemon
+                    .metric_sum("parkguard_modbus_protocol_errors_total")
+                    .await?,
+        ))
+    };
+    let s0 = sample().await?;
+    tokio::time::sleep(Duration::from_secs(a.seconds)).await;
+    let s1 = sample().await?;
+    let secs = s1.0.duration_since(s0.0).as_secs_f64();
+    let cpu = s1.1 - s0.1;
+    let polls = s1.3 - s0.3;
+    let configured = a.hz * f64::from(a.devices);
+    println!(
+        "--- modbus results ({secs:.1} s window after {} s warm-up) ---",
+        a.warmup
+    );
+    println!(
+        "polls/s {:.1} (configured {configured:.1}); requests/s {:.1}; values/s {:.0} (configured {:.0}); faults {}",
+        polls / secs,
+        (s1.2 - s0.2) / secs,
+        (s1.4 - s0.4) / secs,
+        configured * f64::from(a.registers),
+        s1.5 - s0.5
+    );
+    println!(
+        "daemon CPU {:.1} % of one core = {:.1} µs per poll; RSS {:.1} MiB, peak {:.1} MiB",
+        cpu / secs * 100.0,
+        cpu * 1e6 / polls.max(1.0),
+        daemon.mem_mib("VmRSS")?,
+        daemon.mem_mib("VmHWM")?
+    );
+    println!("poll-start jitter: not exported by the daemon; see modbus_bench (poller alone)");
+    drop(child.stdin.take());
+    let _ = child.wait();
+    Ok(())
+}
