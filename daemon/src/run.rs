@@ -55,6 +55,9 @@ pub fn run_config_with(cfg: ParkConfig, extras: Extras) -> Result<()> {
         std::fs::create_dir_all(&cfg.data.dir)
             .with_context(|| format!("cannot create data dir {}", cfg.data.dir.display()))?;
         let shutdown = CancellationToken::new();
+        // Signal handlers first: a SIGTERM while the daemon is still starting stops it
+        // cleanly too (instead of killing it with the default action).
+        tokio::spawn(wait_for_signal(shutdown.clone()));
         let _sim = match extras.modbus_sim {
             Some(addr) => Some(
                 parkguard_drivers::modbus::sim::serve(
@@ -154,7 +157,7 @@ pub fn run_config_with(cfg: ParkConfig, extras: Extras) -> Result<()> {
         if extras.demo_users {
             eprintln!("  控制台 / console: http://{addr}/\n");
         }
-        wait_for_signal(shutdown.clone()).await;
+        shutdown.cancelled().await;
         info!("shutting down");
         running.stop().await;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), api_join).await;

@@ -157,10 +157,7 @@ fn events(journal: &std::path::Path, drill: Option<&str>) -> Vec<Value> {
         .filter(|(_, d)| d.as_deref() == drill)
         .map(|(p, _)| serde_json::from_str::<Value>(&p).unwrap())
         .collect();
-    let first = out
-        .first()
-        .map(id_of)
-        .expect("the run raised events");
+    let first = out.first().map(id_of).expect("the run raised events");
     for v in &mut out {
         let id = v["id"].as_u64().unwrap();
         v["id"] = Value::from(id - first);
