@@ -314,10 +314,43 @@ function renderAlarms() {
   const list = sortAlarms(realAlarms());
   $('#view').innerHTML = `<h2>${esc(t('active_alarms'))} (${list.length})</h2>${alarmTable(list, true)}`;
 }
-function renderDrill() {
-  const list = sortAlarms(drillAlarms());
+// ------------------------------------------------------------------ drills (/api/v1/drills)
+// Each drill runs its own engine in the daemon; its alarms are listed here under the
+// DRILL / 演练 banner and acknowledged as in real life. Engineers start, pause and stop.
+let drillTimer = null;
+async function renderDrill() {
   $('#drill-banner').hidden = false;
-  $('#view').innerHTML = `<h2>${esc(t('drill_title'))} (${list.length})</h2>${alarmTable(list, true)}`;
+  clearTimeout(drillTimer);
+  let drills = [];
+  try { drills = (await api('GET', '/api/v1/drills')).drills; } catch (e) { drills = []; }
+  if (S.route.split('/')[0] !== 'drill') return;
+  const eng = hasRole('engineer'), op = hasRole('operator');
+  const ctl = eng ? `<form id="drill-start" class="drill-start">
+    <label>${esc(t('drill'))} <input id="drill-scenario" value="chlorine-release"></label>
+    <select id="drill-speed"><option>1x</option><option>10x</option><option>60x</option><option>max</option></select>
+    <button type="submit">▶ DRILL / 演练</button> <span id="drill-err" class="error"></span></form>` : '';
+  const blocks = drills.slice().reverse().map((d) => {
+    const btn = (act, label, on) => eng && on ? `<button data-drill="${esc(d.id)}" data-dact="${act}">${label}</button>` : '';
+    const rows = d.alarms.map((a) => `<tr class="${a.state === 'unacknowledged' ? 'row-alarm row-unack' : 'row-alarm'}" data-state="${esc(a.state)}">
+      <td>${esc(a.alarm)}</td><td>${esc(entName(a.enterprise))}</td><td>${esc(a.priority)}</td><td>${esc(a.state)}</td>
+      <td class="num">${a.active_since_ms ? esc(fmtTime(a.active_since_ms)) : ''}</td>
+      <td>${a.state === 'unacknowledged' || a.state === 'returned_unacknowledged' ? `<button data-drill="${esc(d.id)}" data-dack="${esc(a.alarm)}" ${op ? '' : 'disabled'}>${esc(t('ack'))}</button>` : ''}</td></tr>`).join('');
+    return `<section class="drill" id="drill-${esc(d.id)}"><h3>DRILL / 演练 ${esc(d.id)} · ${esc(d.title)} · ${esc(d.state)} · ${esc(d.speed)} · ${esc(fmtTime(d.clock_ms))}</h3>
+      <p>${btn('pause', 'Ⅱ', d.state === 'running')} ${btn('resume', '▶', d.state === 'paused')} ${btn('stop', '■', d.state !== 'stopped')}
+      <a href="/api/v1/drills/${encodeURIComponent(d.id)}/report?format=html" target="_blank">${esc(t('drill'))} report</a></p>
+      ${rows ? `<table class="drill-alarms"><tbody>${rows}</tbody></table>` : `<p class="empty">${esc(t('no_alarms'))}</p>`}</section>`;
+  }).join('');
+  const other = sortAlarms(drillAlarms());
+  $('#view').innerHTML = `<h2>${esc(t('drill_title'))}</h2>${ctl}${blocks}${other.length ? alarmTable(other, true) : ''}`;
+  const f = $('#drill-start');
+  if (f) f.onsubmit = async (ev) => {
+    ev.preventDefault();
+    try { await api('POST', '/api/v1/drills', { scenario: $('#drill-scenario').value.trim(), speed: $('#drill-speed').value }); renderDrill(); }
+    catch (e) { $('#drill-err').textContent = e.message; }
+  };
+  document.querySelectorAll('[data-dact]').forEach((b) => { b.onclick = async () => { await api('POST', `/api/v1/drills/${encodeURIComponent(b.dataset.drill)}/${b.dataset.dact}`, {}).catch(() => {}); renderDrill(); }; });
+  document.querySelectorAll('[data-dack]').forEach((b) => { b.onclick = async () => { await api('POST', `/api/v1/drills/${encodeURIComponent(b.dataset.drill)}/ack`, { alarm: b.dataset.dack }).catch(() => {}); renderDrill(); }; });
+  if (drills.some((d) => d.state !== 'stopped')) drillTimer = setTimeout(() => { if (S.route.split('/')[0] === 'drill') renderDrill(); }, 2000);
 }
 
 // Dialog for ack / shelve / unshelve / close.

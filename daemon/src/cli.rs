@@ -83,25 +83,11 @@ pub enum Command {
         #[arg(long)]
         no_mqtt: bool,
     },
-    /// Run a drill offline: a scenario through a separate engine instance (every event
-    /// stamped with the drill id), recorded in the park's journal, with a JSON and HTML
-    /// report. Production channels never receive drill events.
+    /// Drills (演练): run one offline, or start, watch and stop drills in a running daemon.
     Drill {
-        /// The park config.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// The scenario file (see deploy/scenarios/).
-        #[arg(long)]
-        scenario: PathBuf,
-        /// Drill id (default: drill-<unix seconds>).
-        #[arg(long)]
-        id: Option<String>,
-        /// Speed over real time (1, 10, 60, …); 0 = as fast as possible.
-        #[arg(long, default_value_t = 0.0)]
-        speed: f64,
-        /// Where to write `<id>.json` and `<id>.html`.
-        #[arg(long, default_value = ".")]
-        report_dir: PathBuf,
+        /// What to do.
+        #[command(subcommand)]
+        action: DrillAction,
     },
     /// Manage console users (argon2 password hashes in a users file).
     User {
@@ -120,6 +106,127 @@ pub enum Command {
         /// Print the demo config and exit.
         #[arg(long)]
         print_config: bool,
+    },
+}
+
+/// How to reach a running daemon's API.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// Base URL of the daemon's API, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub api: String,
+    /// Log in as this user (password in PARKGUARD_PASSWORD); default: the API token in
+    /// PARKGUARD_TOKEN.
+    #[arg(long)]
+    pub user: Option<String>,
+}
+
+/// `parkguard drill ...`
+#[derive(Debug, Subcommand)]
+pub enum DrillAction {
+    /// Run a drill offline: a scenario through a separate engine instance (every event
+    /// stamped with the drill id), recorded in the park's journal, with a JSON and HTML
+    /// report. Production channels never receive drill events.
+    Run {
+        /// The park config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The scenario file (see deploy/scenarios/).
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Drill id (default: drill-<unix seconds>).
+        #[arg(long)]
+        id: Option<String>,
+        /// Speed over real time (1, 10, 60, …); 0 = as fast as possible.
+        #[arg(long, default_value_t = 0.0)]
+        speed: f64,
+        /// Where to write `<id>.json` and `<id>.html`.
+        #[arg(long, default_value = ".")]
+        report_dir: PathBuf,
+    },
+    /// Start a drill in a running daemon: a scenario by name, or a replay of its archive.
+    Start {
+        /// The daemon.
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Scenario name (`chlorine-release`, `hydrocarbon-leak`, or one in
+        /// `<data.dir>/scenarios/`).
+        #[arg(long, conflicts_with = "replay")]
+        scenario: Option<String>,
+        /// Replay the daemon's local archive instead.
+        #[arg(long)]
+        replay: bool,
+        /// Replay window start (RFC 3339).
+        #[arg(long, requires = "replay")]
+        from: Option<String>,
+        /// Replay window end (RFC 3339, exclusive).
+        #[arg(long, requires = "replay")]
+        to: Option<String>,
+        /// Replay only this point (repeatable).
+        #[arg(long = "point", requires = "replay")]
+        points: Vec<String>,
+        /// Replay only this enterprise's points (repeatable).
+        #[arg(long = "enterprise", requires = "replay")]
+        enterprises: Vec<String>,
+        /// 1x, 10x, 60x or max.
+        #[arg(long, default_value = "1x")]
+        speed: String,
+        /// Drill id (default: drill-<unix seconds>).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Status of one drill, or of every drill.
+    Status {
+        /// The daemon.
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Drill id.
+        id: Option<String>,
+    },
+    /// Pause a drill (its clock stops).
+    Pause {
+        /// The daemon.
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Drill id.
+        id: String,
+    },
+    /// Resume a paused drill.
+    Resume {
+        /// The daemon.
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Drill id.
+        id: String,
+    },
+    /// Stop a drill; prints its final report.
+    Stop {
+        /// The daemon.
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Drill id.
+        id: String,
+    },
+    /// Acknowledge a drill alarm.
+    Ack {
+        /// The daemon.
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Drill id.
+        id: String,
+        /// Alarm id (TAG:HH) or source tag.
+        alarm: String,
+    },
+    /// A drill's report: JSON on stdout, or the printable HTML page into a file.
+    Report {
+        /// The daemon.
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Drill id.
+        id: String,
+        /// Write the HTML page here.
+        #[arg(long)]
+        html: Option<PathBuf>,
     },
 }
 

@@ -54,21 +54,9 @@ fn main() -> ExitCode {
             init_logging(cli.log_format);
             exit(parkguard::run::simulate(&config, modbus, !no_mqtt))
         }
-        Command::Drill {
-            config,
-            scenario,
-            id,
-            speed,
-            report_dir,
-        } => {
+        Command::Drill { action } => {
             init_logging(cli.log_format);
-            exit(parkguard::drill::cli::drill(
-                &config,
-                &scenario,
-                id,
-                speed,
-                &report_dir,
-            ))
+            exit(drill_cmd(action))
         }
         Command::User { action } => match action {
             parkguard::cli::UserAction::Add { file, name, role } => {
@@ -160,4 +148,51 @@ fn add_user(file: &std::path::Path, name: &str, role: &str) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot add `{name}`: {e}"))?;
     println!("added `{name}` ({role:?}) to {}", file.display());
     Ok(())
+}
+
+fn drill_cmd(action: parkguard::cli::DrillAction) -> anyhow::Result<()> {
+    use parkguard::cli::DrillAction as A;
+    use parkguard::drill::remote::{self, Remote};
+    let (api, what) = match action {
+        A::Run {
+            config,
+            scenario,
+            id,
+            speed,
+            report_dir,
+        } => return parkguard::drill::cli::drill(&config, &scenario, id, speed, &report_dir),
+        A::Start {
+            api,
+            scenario,
+            replay,
+            from,
+            to,
+            points,
+            enterprises,
+            speed,
+            id,
+        } => {
+            let mut body = serde_json::json!({ "speed": speed });
+            if let Some(id) = id {
+                body["id"] = id.into();
+            }
+            match (scenario, replay) {
+                (Some(s), false) => body["scenario"] = s.into(),
+                (None, true) => {
+                    body["replay"] = serde_json::json!({
+                        "from": from, "to": to, "points": points, "enterprises": enterprises
+                    })
+                }
+                _ => anyhow::bail!("give --scenario NAME or --replay"),
+            }
+            (api, Remote::Start(body))
+        }
+        A::Status { api, id } => (api, Remote::Status(id)),
+        A::Pause { api, id } => (api, Remote::Pause(id)),
+        A::Resume { api, id } => (api, Remote::Resume(id)),
+        A::Stop { api, id } => (api, Remote::Stop(id)),
+        A::Ack { api, id, alarm } => (api, Remote::Ack { id, alarm }),
+        A::Report { api, id, html } => (api, Remote::Report { id, html }),
+    };
+    remote::run(&api.api, api.user.as_deref(), what)
 }

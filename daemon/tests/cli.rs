@@ -362,7 +362,7 @@ fn drill_runs_offline_journals_with_the_drill_id_and_writes_its_report() {
         );
     std::fs::write(&cfg, text).unwrap();
     let out = bin()
-        .args(["drill", "--id", "d-2026-11", "--config"])
+        .args(["drill", "run", "--id", "d-2026-11", "--config"])
         .arg(&cfg)
         .arg("--scenario")
         .arg(root().join("deploy/scenarios/chlorine-release.toml"))

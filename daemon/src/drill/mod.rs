@@ -7,6 +7,7 @@ pub mod backtest;
 pub mod cli;
 pub mod live;
 pub mod plume;
+pub mod remote;
 pub mod replay;
 pub mod runner;
 pub mod scenario;
