@@ -8,7 +8,9 @@
 //!    then the writer alone drains them; readings/s and the writer thread's CPU.
 //!
 //! `cargo bench -p parkguard-tests --bench storage_throughput`
-//! (`BENCH_LIVE`, `BENCH_BACKLOG`, `BENCH_POINTS`, `BENCH_BATCH` override the sizes).
+//! (`BENCH_LIVE`, `BENCH_BACKLOG`, `BENCH_POINTS`, `BENCH_BATCH` override the sizes;
+//! `BENCH_CONCURRENCY` the writer's requests in flight, default 4 like `[influx]`;
+//! `BENCH_GZIP=0` sends uncompressed bodies).
 
 use parkguard::store::spool::{Spool, SpoolConfig};
 use parkguard_drivers::influx::{InfluxConfig, InfluxWriter};
@@ -86,6 +88,8 @@ fn start_writer(spool: &Spool, base: &str, batch: usize) -> Writer {
     let mut cfg = InfluxConfig::new(base, "org", "bucket");
     cfg.batch_size = batch;
     cfg.batch_interval_ms = 100;
+    cfg.concurrency = env("BENCH_CONCURRENCY", 4) as usize;
+    cfg.gzip = env("BENCH_GZIP", 1) != 0;
     let w = InfluxWriter::new(
         cfg.validate().expect("cfg"),
         std::env::temp_dir().join("pg-bench-dead.lp"),
@@ -126,7 +130,9 @@ fn main() {
         ..SpoolConfig::default()
     };
     println!(
-        "storage bench: {points} points, writer batch {batch}, gzip on, spool fsync=always per 1000-reading append"
+        "storage bench: {points} points, writer batch {batch}, concurrency {}, gzip {}, spool fsync=always per 1000-reading append",
+        env("BENCH_CONCURRENCY", 4),
+        env("BENCH_GZIP", 1) != 0,
     );
 
     // 0. Writer capacity against a null server.

@@ -31,6 +31,9 @@ fn d_retry_initial_ms() -> u64 {
 fn d_retry_max_ms() -> u64 {
     60_000
 }
+fn d_concurrency() -> usize {
+    4
+}
 
 /// `[influx]`: InfluxDB 2 output. Absent = no time-series database (the spool is then the
 /// local archive only).
@@ -74,6 +77,11 @@ pub struct InfluxConfig {
     /// Default 60000.
     #[serde(default = "d_retry_max_ms")]
     pub retry_max_ms: u64,
+    /// Requests in flight at once (each of up to `batch_size` lines); the cursor advances
+    /// when every request of a round is settled. 1 = strictly one after the other.
+    /// Default 4.
+    #[serde(default = "d_concurrency")]
+    pub concurrency: usize,
 }
 
 /// Where the token comes from.
@@ -123,6 +131,8 @@ pub struct InfluxSettings {
     pub retry_initial: Duration,
     /// Longest retry delay (and cap on `Retry-After`).
     pub retry_max: Duration,
+    /// Requests in flight at once.
+    pub concurrency: usize,
 }
 
 impl InfluxConfig {
@@ -141,6 +151,7 @@ impl InfluxConfig {
             connect_timeout_ms: d_connect_timeout_ms(),
             retry_initial_ms: d_retry_initial_ms(),
             retry_max_ms: d_retry_max_ms(),
+            concurrency: d_concurrency(),
         }
     }
 
@@ -215,6 +226,9 @@ impl InfluxConfig {
                 "must be ≥ `retry_initial_ms`",
             ));
         }
+        if !(1..=64).contains(&self.concurrency) {
+            errs.push(FieldError::new("concurrency", "must be 1 ..= 64"));
+        }
         match write_url {
             Some(write_url) if errs.is_empty() => Ok(InfluxSettings {
                 write_url,
@@ -226,6 +240,7 @@ impl InfluxConfig {
                 connect_timeout: Duration::from_millis(self.connect_timeout_ms),
                 retry_initial: Duration::from_millis(self.retry_initial_ms),
                 retry_max: Duration::from_millis(self.retry_max_ms),
+                concurrency: self.concurrency,
             }),
             _ => Err(errs),
         }

@@ -19,6 +19,12 @@
 //! | 413 | split in halves and lower the batch size for the following batches |
 //! | 401, 403, 404 | loud `error!` (token, org or bucket wrong), counted, back-off, resend: the source keeps spooling meanwhile |
 //!
+//! Concurrency: a gathered round of up to `concurrency × batch_size` lines is cut into
+//! requests of `batch_size` that are in flight together (each retried and split on its
+//! own, as above); the source is committed once every request of the round is settled,
+//! so the durable cursor never passes an unsettled line. A crash mid-round resends the
+//! whole round (harmless, see below).
+//!
 //! Resends are safe: InfluxDB keys a point by series and timestamp, so a line written
 //! twice (reply lost after the server wrote it) overwrites itself.
 
@@ -110,7 +116,6 @@ pub struct InfluxWriter {
     auth: Option<String>,
     dead_letter: PathBuf,
     stats: Arc<InfluxStats>,
-    backoff: Backoff,
     limit: usize,
 }
 
@@ -131,7 +136,6 @@ impl InfluxWriter {
             client,
             auth: token.map(|t| format!("Token {t}")),
             dead_letter,
-            backoff: Backoff::new(settings.retry_initial, settings.retry_max, 0x1f1u64),
             limit: settings.batch_size,
             settings,
             stats,
@@ -158,7 +162,8 @@ impl InfluxWriter {
                 if cancel.is_cancelled() {
                     return;
                 }
-                let room = self.limit.saturating_sub(batch.len());
+                let target = self.limit * self.settings.concurrency;
+                let room = target.saturating_sub(batch.len());
                 if room > 0 {
                     match source.fill(&mut batch, room) {
                         Ok(_) => src_backoff.reset(),
@@ -174,7 +179,7 @@ impl InfluxWriter {
                         }
                     }
                 }
-                if batch.len() >= self.limit {
+                if batch.len() >= target {
                     break;
                 }
                 if !batch.is_empty() && first_at.is_none() {
@@ -211,29 +216,80 @@ impl InfluxWriter {
     }
 
     /// Settle every line of `batch`: written or dead-lettered. Returns false if cancelled
-    /// first.
+    /// first. The batch is cut into requests of at most the current batch size, up to
+    /// `concurrency` of them in flight at once, each settled on its own (retries,
+    /// splitting); the call returns when all are settled.
     pub async fn deliver(&mut self, batch: &LineBatch, cancel: &CancellationToken) -> bool {
+        let limit = self.limit;
+        let chunks: Vec<(usize, usize)> = (0..batch.len())
+            .step_by(limit.max(1))
+            .map(|a| (a, (a + limit).min(batch.len())))
+            .collect();
+        let mut ok = true;
+        let mut new_limit = limit;
+        for round in chunks.chunks(self.settings.concurrency.max(1)) {
+            let this = &*self;
+            let results = futures_util::future::join_all(
+                round
+                    .iter()
+                    .enumerate()
+                    .map(|(n, &(a, b))| this.deliver_range(batch, a, b, limit, n as u64, cancel)),
+            )
+            .await;
+            for (settled, l) in results {
+                ok &= settled;
+                new_limit = new_limit.min(l);
+            }
+            if !ok {
+                return false;
+            }
+        }
+        self.limit = new_limit;
+        // Slowly return to the configured size after a 413.
+        if self.limit < self.settings.batch_size {
+            self.limit = (self.limit + self.limit / 8 + 1).min(self.settings.batch_size);
+        }
+        self.stats.batch_limit.store(self.limit as u64, Relaxed);
+        true
+    }
+
+    /// Settle lines `a..b` (one request unless the server asks for smaller ones). Returns
+    /// whether it finished before `cancel` and the batch size limit it ended with (lowered
+    /// by a 413).
+    async fn deliver_range(
+        &self,
+        batch: &LineBatch,
+        a: usize,
+        b: usize,
+        mut limit: usize,
+        seed: u64,
+        cancel: &CancellationToken,
+    ) -> (bool, usize) {
+        let mut backoff = Backoff::new(
+            self.settings.retry_initial,
+            self.settings.retry_max,
+            0x1f1u64 + seed,
+        );
         // Ranges still to settle; popped from the end, pushed second-half first so lines
         // go out in order.
-        let mut todo = vec![(0usize, batch.len())];
+        let mut todo = vec![(a, b)];
         while let Some((a, b)) = todo.pop() {
             if a >= b {
                 continue;
             }
-            if b - a > self.limit {
-                let mid = a + self.limit;
+            if b - a > limit {
+                let mid = a + limit;
                 todo.push((mid, b));
                 todo.push((a, mid));
                 continue;
             }
             loop {
                 if cancel.is_cancelled() {
-                    return false;
+                    return (false, limit);
                 }
                 let reply = self.post(batch.range(a, b)).await;
                 let delay = match reply {
                     Reply::Ok => {
-                        self.backoff.reset();
                         self.stats.requests_ok.fetch_add(1, Relaxed);
                         self.stats.lines_written.fetch_add((b - a) as u64, Relaxed);
                         break;
@@ -245,12 +301,9 @@ impl InfluxWriter {
                             break;
                         }
                         let half = (b - a).div_ceil(2);
-                        self.limit = half.min(self.limit).max(1);
-                        self.stats.batch_limit.store(self.limit as u64, Relaxed);
-                        warn!(
-                            limit = self.limit,
-                            "influx: 413 request too large, lowering batch size"
-                        );
+                        limit = half.min(limit).max(1);
+                        self.stats.batch_limit.store(limit as u64, Relaxed);
+                        warn!(limit, "influx: 413 request too large, lowering batch size");
                         todo.push((a + half, b));
                         todo.push((a, a + half));
                         break;
@@ -269,7 +322,7 @@ impl InfluxWriter {
                     }
                     Reply::Retry(after) => {
                         self.stats.throttled.fetch_add(1, Relaxed);
-                        let d = self.backoff.next_delay();
+                        let d = backoff.next_delay();
                         after.map_or(d, |a| a.min(self.settings.retry_max))
                     }
                     Reply::Fatal(status, msg) => {
@@ -281,27 +334,22 @@ impl InfluxWriter {
                             "influx: write refused — check the token, org and bucket; readings keep spooling"
                         );
                         self.stats.set_error(format!("HTTP {status}: {msg}"));
-                        self.backoff.next_delay()
+                        backoff.next_delay()
                     }
                     Reply::Transient(msg) => {
                         self.stats.transient_errors.fetch_add(1, Relaxed);
                         warn!(error = %msg, "influx: write failed, retrying");
                         self.stats.set_error(msg);
-                        self.backoff.next_delay()
+                        backoff.next_delay()
                     }
                 };
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = cancel.cancelled() => return false,
+                    _ = cancel.cancelled() => return (false, limit),
                 }
             }
         }
-        // Slowly return to the configured size after a 413.
-        if self.limit < self.settings.batch_size {
-            self.limit = (self.limit + self.limit / 8 + 1).min(self.settings.batch_size);
-            self.stats.batch_limit.store(self.limit as u64, Relaxed);
-        }
-        true
+        (true, limit)
     }
 
     async fn post(&self, body: &[u8]) -> Reply {
