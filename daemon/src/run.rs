@@ -114,6 +114,8 @@ pub fn run_config_with(cfg: ParkConfig, extras: Extras) -> Result<()> {
             modbus: Some(std::sync::Arc::clone(&running.modbus)),
             mqtt: running.mqtt.clone(),
             linkage: running.linkage.clone(),
+            spool: Some(running.spool.clone()),
+            influx: [running.influx.clone(), running.influx_events.clone()],
         };
         if extras.demo_users {
             let path = cfg.api.users_file(&cfg.data.dir);

@@ -232,6 +232,8 @@ async fn api_over_the_running_engine() {
         modbus: None,
         mqtt: Vec::new(),
         linkage: None,
+        spool: None,
+        influx: [None, None],
     };
     let (addr, server) = parkguard::api::wire::serve(&cfg, parts, shutdown.clone())
         .await

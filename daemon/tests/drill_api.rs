@@ -193,6 +193,8 @@ channels = ["bureau-desk", "drill-desk"]
         modbus: None,
         mqtt: Vec::new(),
         linkage: None,
+        spool: None,
+        influx: [None, None],
     };
     let drills = Arc::new(Drills::new(DrillParts {
         table: cfg.table.clone(),

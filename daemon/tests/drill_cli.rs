@@ -69,6 +69,8 @@ async fn drill_commands_against_a_running_daemon() {
         modbus: None,
         mqtt: Vec::new(),
         linkage: None,
+        spool: None,
+        influx: [None, None],
     };
     let drills = Arc::new(Drills::new(DrillParts {
         table: cfg.table.clone(),

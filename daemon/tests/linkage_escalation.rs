@@ -439,6 +439,8 @@ fn delivery_status_and_escalation_steps_through_the_api_backend() {
             modbus: None,
             mqtt: Vec::new(),
             linkage: None,
+            spool: None,
+            influx: [None, None],
         });
         let got = backend.deliveries(alarm_num(ALARM)).await.unwrap();
         let none = backend

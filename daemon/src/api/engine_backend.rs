@@ -59,6 +59,10 @@ pub struct BackendParts {
     /// The linkage, when channels are configured: 消警 closures are recorded and
     /// published through it (without it they are recorded in the journal only).
     pub linkage: Option<Arc<crate::linkage::wire::Linkage>>,
+    /// Spool counters (for `/metrics`).
+    pub spool: Option<Arc<crate::store::spool::SpoolStats>>,
+    /// InfluxDB writer counters: readings, and alarm events / warning grades.
+    pub influx: [Option<Arc<parkguard_drivers::influx::InfluxStats>>; 2],
 }
 
 /// What the snapshot does not carry about an alarm: the last activation's value and limit,
@@ -1060,6 +1064,188 @@ impl EngineBackend {
             "Readings whose unit could not be converted.",
             s.unit_mismatch,
         );
+        // Points by quality, and stale points (quality stale or a stale alarm standing).
+        {
+            let mut by_quality: std::collections::BTreeMap<String, u64> = Default::default();
+            for p in &snap.points {
+                let q = p.quality.map_or_else(|| "none".to_string(), quality_name);
+                *by_quality.entry(q).or_default() += 1;
+            }
+            let _ = writeln!(
+                out,
+                "# HELP parkguard_points Points by the quality of their latest reading (`none`: no reading yet).\n# TYPE parkguard_points gauge"
+            );
+            for (q, n) in &by_quality {
+                let _ = writeln!(out, "parkguard_points{{quality=\"{}\"}} {n}", esc(q));
+            }
+            let mut stale: std::collections::HashSet<PointId> = snap
+                .points
+                .iter()
+                .filter(|p| p.quality == Some(parkguard_rules::Quality::Stale))
+                .map(|p| p.id)
+                .collect();
+            for a in &snap.alarms {
+                if a.condition == Condition::Stale
+                    && a.state != EState::Normal
+                    && let Some(id) = self.parts.table.id(&a.source)
+                {
+                    stale.insert(id);
+                }
+            }
+            let _ = writeln!(
+                out,
+                "# HELP parkguard_points_stale Points with no fresh reading (stale quality or a standing stale alarm).\n# TYPE parkguard_points_stale gauge\nparkguard_points_stale {}",
+                stale.len()
+            );
+        }
+        if let Some(s) = &self.parts.spool {
+            use std::sync::atomic::Ordering::Relaxed;
+            let g = |out: &mut String, name: &str, kind: &str, help: &str, v: u64| {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+                );
+            };
+            g(
+                out,
+                "parkguard_spool_bytes",
+                "gauge",
+                "Size of all spool segments, bytes.",
+                s.bytes_on_disk.load(Relaxed),
+            );
+            g(
+                out,
+                "parkguard_spool_segments",
+                "gauge",
+                "Spool segments on disk.",
+                s.segments.load(Relaxed),
+            );
+            g(
+                out,
+                "parkguard_spool_readings_appended_total",
+                "counter",
+                "Readings appended to the spool.",
+                s.readings_appended.load(Relaxed),
+            );
+            if self.parts.influx[0].is_some() {
+                g(
+                    out,
+                    "parkguard_spool_pending_readings",
+                    "gauge",
+                    "Readings in the spool not yet confirmed by InfluxDB.",
+                    s.readings_appended
+                        .load(Relaxed)
+                        .saturating_sub(s.readings_delivered.load(Relaxed)),
+                );
+            }
+            g(
+                out,
+                "parkguard_spool_overflow",
+                "gauge",
+                "1 when the spool bound dropped data (system alarm), until cleared.",
+                u64::from(s.overflow_alarm.load(Relaxed)),
+            );
+            g(
+                out,
+                "parkguard_spool_append_failing",
+                "gauge",
+                "1 while spool appends fail (disk full, I/O error).",
+                u64::from(s.append_failing.load(Relaxed)),
+            );
+            g(
+                out,
+                "parkguard_spool_append_failures_total",
+                "counter",
+                "Spool appends that failed.",
+                s.append_failures.load(Relaxed),
+            );
+            g(
+                out,
+                "parkguard_spool_readings_dropped_unsent_total",
+                "counter",
+                "Readings dropped by the bound or retention before InfluxDB confirmed them.",
+                s.readings_dropped_unsent.load(Relaxed),
+            );
+        }
+        for (which, stats) in ["readings", "events"].iter().zip(&self.parts.influx) {
+            let Some(s) = stats else { continue };
+            use std::sync::atomic::Ordering::Relaxed;
+            let series: [(&str, &str, u64); 5] = [
+                (
+                    "lines_written",
+                    "Lines InfluxDB confirmed.",
+                    s.lines_written.load(Relaxed),
+                ),
+                (
+                    "lines_dead_lettered",
+                    "Lines InfluxDB rejected, kept in the dead-letter file.",
+                    s.lines_dead_lettered.load(Relaxed),
+                ),
+                ("throttled", "429/503 replies.", s.throttled.load(Relaxed)),
+                (
+                    "auth_or_missing",
+                    "401/403/404 replies (token, org or bucket wrong).",
+                    s.auth_or_missing.load(Relaxed),
+                ),
+                (
+                    "transient_errors",
+                    "Connection errors and 5xx replies.",
+                    s.transient_errors.load(Relaxed),
+                ),
+            ];
+            for (name, help, v) in series {
+                let _ = writeln!(
+                    out,
+                    "# HELP parkguard_influx_{name}_total {help}\n# TYPE parkguard_influx_{name}_total counter\nparkguard_influx_{name}_total{{stream=\"{which}\"}} {v}"
+                );
+            }
+        }
+        if let Some(j) = self.journal() {
+            let conn = j.connection();
+            if crate::linkage::outbox::exists(conn).unwrap_or(false)
+                && let Ok(channels) = crate::linkage::outbox::channel_summaries(conn)
+            {
+                {
+                    let _ = writeln!(
+                        out,
+                        "# HELP parkguard_outbox_pending Notifications waiting for delivery, by channel.\n# TYPE parkguard_outbox_pending gauge"
+                    );
+                    for c in &channels {
+                        let _ = writeln!(
+                            out,
+                            "parkguard_outbox_pending{{channel=\"{}\"}} {}",
+                            esc(&c.channel),
+                            c.pending
+                        );
+                    }
+                    let _ = writeln!(
+                        out,
+                        "# HELP parkguard_outbox_failed Notifications given up (permanent rejection), by channel.\n# TYPE parkguard_outbox_failed gauge"
+                    );
+                    for c in &channels {
+                        let _ = writeln!(
+                            out,
+                            "parkguard_outbox_failed{{channel=\"{}\"}} {}",
+                            esc(&c.channel),
+                            c.failed
+                        );
+                    }
+                    let now = now_ms();
+                    let _ = writeln!(
+                        out,
+                        "# HELP parkguard_outbox_oldest_pending_seconds Age of the oldest undelivered notification, by channel (0: none).\n# TYPE parkguard_outbox_oldest_pending_seconds gauge"
+                    );
+                    for c in &channels {
+                        let age = c.oldest_pending_ms.map_or(0, |t| (now - t).max(0) / 1000);
+                        let _ = writeln!(
+                            out,
+                            "parkguard_outbox_oldest_pending_seconds{{channel=\"{}\"}} {age}",
+                            esc(&c.channel)
+                        );
+                    }
+                }
+            }
+        }
         let mut by = [0u64; 3];
         for a in snap.alarms.iter().filter(|a| {
             matches!(
@@ -1959,6 +2145,8 @@ mod tests {
             modbus: None,
             mqtt: Vec::new(),
             linkage: None,
+            spool: None,
+            influx: [None, None],
         };
         let backend = EngineBackend::new(parts);
         let hub = Arc::new(EventHub::new(HubSettings::default(), 1));
