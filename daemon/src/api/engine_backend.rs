@@ -1948,6 +1948,31 @@ impl ApiBackend for EngineBackend {
                     detail,
                 });
             }
+            if let Some(s) = &self.parts.spool {
+                // The spool's system alarm: data was dropped by the bound, or appends fail.
+                use std::sync::atomic::Ordering::Relaxed;
+                let overflow = s.overflow_alarm.load(Relaxed);
+                let failing = s.append_failing.load(Relaxed);
+                checks.push(ReadyCheck {
+                    name: "spool".into(),
+                    ok: !overflow && !failing,
+                    detail: match (overflow, failing) {
+                        (_, true) => format!(
+                            "appends failing (disk full or I/O error): {} failures",
+                            s.append_failures.load(Relaxed)
+                        ),
+                        (true, false) => format!(
+                            "bound reached: {} undelivered readings dropped",
+                            s.readings_dropped_unsent.load(Relaxed)
+                        ),
+                        _ => format!(
+                            "{} bytes in {} segments",
+                            s.bytes_on_disk.load(Relaxed),
+                            s.segments.load(Relaxed)
+                        ),
+                    },
+                });
+            }
             if let Some(m) = &self.parts.modbus {
                 for d in m.snapshot() {
                     checks.push(ReadyCheck {
@@ -2107,6 +2132,71 @@ mod tests {
         assert!(matches!(e, BackendError::Invalid(m) if m.contains("exceeds the maximum")));
         let e = command_error(CommandError::NotShelved("GT-1:H".into()));
         assert!(matches!(e, BackendError::Conflict(_)));
+    }
+
+    /// The spool's system alarm (bound reached, or appends failing) fails `/readyz` and shows
+    /// on `/metrics`; stale points are counted.
+    #[tokio::test]
+    async fn spool_alarm_fails_readiness_and_shows_in_metrics() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let table = table();
+        let mut engine = Engine::new(table.clone(), EngineConfig::default(), Vec::new());
+        let t = system_now();
+        let mut out = Vec::new();
+        engine.on_readings(
+            &[Reading {
+                point: PointId(0),
+                value: 1.0,
+                unit: Unit::PercentLel,
+                quality: Quality::Stale,
+                source_time: t,
+                receive_time: t,
+            }],
+            &mut out,
+        );
+        let (req_tx, _req_rx) = mpsc::channel(1);
+        let (ev_tx, _) = broadcast::channel(16);
+        let (_snap_tx, snap_rx) = watch::channel(Arc::new(engine.snapshot()));
+        let spool = Arc::new(crate::store::spool::SpoolStats::default());
+        let backend = EngineBackend::new(BackendParts {
+            engine: EngineHandle {
+                requests: req_tx,
+                events: ev_tx,
+                snapshot: snap_rx,
+            },
+            table,
+            engine_config: EngineConfig::default(),
+            journal_path: None,
+            archive_dir: None,
+            modbus: None,
+            mqtt: Vec::new(),
+            linkage: None,
+            spool: Some(spool.clone()),
+            influx: [None, None],
+        });
+        let spool_check = |checks: Vec<ReadyCheck>| {
+            checks
+                .into_iter()
+                .find(|c| c.name == "spool")
+                .expect("a spool check")
+        };
+        assert!(spool_check(backend.readiness().await).ok);
+        spool.overflow_alarm.store(true, Relaxed);
+        spool.readings_dropped_unsent.store(500, Relaxed);
+        let c = spool_check(backend.readiness().await);
+        assert!(!c.ok);
+        assert!(c.detail.contains("500 undelivered"), "{}", c.detail);
+        spool.append_failing.store(true, Relaxed);
+        let c = spool_check(backend.readiness().await);
+        assert!(c.detail.contains("appends failing"), "{}", c.detail);
+        let mut m = String::new();
+        backend.render_metrics(&mut m);
+        assert!(m.contains("\nparkguard_spool_overflow 1\n"), "{m}");
+        assert!(m.contains("\nparkguard_spool_append_failing 1\n"), "{m}");
+        assert!(m.contains("\nparkguard_points_stale 1\n"), "{m}");
+        assert!(m.contains("parkguard_points{quality=\"stale\"} 1\n"), "{m}");
+        // Without [influx] there is no pending figure to report.
+        assert!(!m.contains("parkguard_spool_pending_readings"), "{m}");
     }
 
     /// The pump falls behind the engine's broadcast (more events than it holds arrive
