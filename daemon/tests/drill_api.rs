@@ -401,6 +401,18 @@ channels = ["bureau-desk", "drill-desk"]
     assert!(html.contains("operator"));
     assert!(cfg.data.dir.join("drills/drill-t1.json").exists());
     assert!(cfg.data.dir.join("drills/drill-t1.html").exists());
+    // And in the journal database, with the regulator's other records.
+    let conn = parkguard::linkage::outbox::open(&cfg.data.dir.join("journal.sqlite")).unwrap();
+    let (json_text, html_text): (String, String) = conn
+        .query_row(
+            "SELECT json, html FROM drill_report WHERE drill = 'drill-t1'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let stored: Value = serde_json::from_str(&json_text).unwrap();
+    assert_eq!(stored, report, "the journal holds the final report");
+    assert!(html_text.contains("演练 / DRILL — drill-t1"));
     let (s, st) = operator.get("/api/v1/drills/drill-t1").await;
     assert_eq!((s, st["state"].as_str()), (200, Some("stopped")));
     let (s, _) = engineer

@@ -886,7 +886,18 @@ impl Task {
             r
         };
         let dir = self.report_dir.clone();
-        let stored = tokio::task::spawn_blocking(move || store_report(&dir, &report)).await;
+        let stored = tokio::task::spawn_blocking(move || {
+            // Kept in the journal database (the drill's record for the regulator, backed up
+            // with the journal) and as files beside it (to print or archive).
+            let journal = dir.parent().map(|d| d.join("journal.sqlite"));
+            if let Some(j) = journal.filter(|j| j.exists())
+                && let Err(e) = store_report_in_journal(&j, &report)
+            {
+                warn!(error = %e, journal = %j.display(), "cannot store the drill report in the journal");
+            }
+            store_report(&dir, &report)
+        })
+        .await;
         match stored {
             Ok(Ok(path)) => info!(report = %path.display(), "drill stopped; report stored"),
             Ok(Err(e)) => warn!(error = %e, "drill stopped; cannot store its report"),
@@ -941,6 +952,30 @@ impl Task {
         s.state = state;
         s.alarms = alarms;
     }
+}
+
+/// The table of drill reports in the journal database.
+const REPORT_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS drill_report (
+    drill     TEXT    PRIMARY KEY,
+    stored_at INTEGER NOT NULL,
+    json      TEXT    NOT NULL,
+    html      TEXT    NOT NULL
+)";
+
+/// Store (or replace) a drill's final report in the journal database, table `drill_report`.
+pub fn store_report_in_journal(journal: &std::path::Path, r: &DrillReport) -> anyhow::Result<()> {
+    let conn = crate::linkage::outbox::open(journal)?;
+    conn.execute_batch(REPORT_SCHEMA)?;
+    conn.execute(
+        "INSERT OR REPLACE INTO drill_report (drill, stored_at, json, html) VALUES (?1, ?2, ?3, ?4)",
+        rusqlite::params![
+            r.drill,
+            crate::engine_task::system_now().nanos(),
+            serde_json::to_string(r)?,
+            runner::html(r)
+        ],
+    )?;
+    Ok(())
 }
 
 fn store_report(dir: &std::path::Path, r: &DrillReport) -> std::io::Result<PathBuf> {
