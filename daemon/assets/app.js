@@ -24,6 +24,8 @@ const I18N = {
     park: '园区', warn_none: '无预警', warn_blue: '蓝色', warn_yellow: '黄色', warn_orange: '橙色', warn_red: '红色',
     map_title: '园区地图', legend_normal: '正常', legend_alarm: '报警', legend_mask: '故障/屏蔽', legend_novalue: '无数据',
     trend: '近一小时趋势', alarm_history: '报警历史', quality: '质量', source_time: '采集时间',
+    deliveries: '最近一次报警的通知投递', dl_channel: '通道', dl_status: '状态', dl_attempts: '尝试次数', dl_receipt: '回执', dl_at: '送达时间', dl_error: '最近错误',
+    dl_pending: '待投递', dl_delivered: '已送达', dl_failed: '已放弃', no_deliveries: '无通知（未配置联动通道或无匹配路由）',
     out_of_service: '停用（维护）', return_to_service: '恢复使用',
     kpi_title: '报警指标', per10: '每10分钟报警数', floods: '报警泛滥次数', chattering: '振荡报警',
     top10: '前十位报警源', mix: '优先级构成', count: '次数',
@@ -61,6 +63,8 @@ const I18N = {
     park: 'Park', warn_none: 'none', warn_blue: 'blue', warn_yellow: 'yellow', warn_orange: 'orange', warn_red: 'red',
     map_title: 'Park map', legend_normal: 'normal', legend_alarm: 'alarm', legend_mask: 'fault / masked', legend_novalue: 'no data',
     trend: 'Last hour', alarm_history: 'Alarm history', quality: 'Quality', source_time: 'Source time',
+    deliveries: 'Notifications of the latest alarm', dl_channel: 'Channel', dl_status: 'Status', dl_attempts: 'Attempts', dl_receipt: 'Receipt', dl_at: 'Delivered', dl_error: 'Last error',
+    dl_pending: 'pending', dl_delivered: 'delivered', dl_failed: 'given up', no_deliveries: 'No notifications (no linkage channel or no matching route)',
     out_of_service: 'Out of service', return_to_service: 'Return to service',
     kpi_title: 'Alarm KPIs', per10: 'Alarms per 10 min', floods: 'Floods', chattering: 'Chattering',
     top10: 'Top-10 bad actors', mix: 'Priority mix', count: 'Count',
@@ -460,7 +464,7 @@ async function renderPoint([tag]) {
   const eng = hasRole('engineer');
   $('#view').innerHTML = `<h2>${esc(p.tag)} · ${esc(p.name)}</h2><div class="cards" id="point-head"></div>
     ${eng ? `<p><button id="oos">${esc(t('out_of_service'))}</button> <button id="rts">${esc(t('return_to_service'))}</button> <span id="oos-msg" class="error"></span></p>` : ''}
-    <h2>${esc(t('trend'))}</h2><div id="trend"></div><h2>${esc(t('alarm_history'))}</h2><div id="phist"></div>`;
+    <h2>${esc(t('trend'))}</h2><div id="trend"></div><h2>${esc(t('alarm_history'))}</h2><div id="phist"></div><h2>${esc(t('deliveries'))}</h2><div id="pdeliv"></div>`;
   renderPointHeader(p);
   if (eng) {
     const cmd = async (path) => {
@@ -477,6 +481,19 @@ async function renderPoint([tag]) {
   ]);
   $('#trend').innerHTML = trendSvg(hist, p);
   $('#phist').innerHTML = alarmTable(alarms, false);
+  // Delivery status of the newest alarm's notifications, per channel (the outbox).
+  const newest = alarms.reduce((m, a) => (!m || a.raised_ms > m.raised_ms ? a : m), null);
+  if (!newest) { $('#pdeliv').innerHTML = `<p class="empty">${esc(t('no_alarms'))}</p>`; return; }
+  try {
+    const d = await api('GET', `/api/v1/alarms/${newest.id}/deliveries`);
+    $('#pdeliv').innerHTML = deliveryTable(d.deliveries || []);
+  } catch (e) { $('#pdeliv').innerHTML = `<p class="error">${esc(e.message)}</p>`; }
+}
+function deliveryTable(rows) {
+  if (!rows.length) return `<p class="empty">${esc(t('no_deliveries'))}</p>`;
+  const body = rows.map((r) => `<tr class="dl-${esc(r.status)}" data-channel="${esc(r.channel)}"><td>${esc(r.channel)}</td><td>${esc(t('dl_' + r.status))}</td>
+    <td class="num">${esc(r.attempts)}</td><td>${esc(r.receipt || '')}</td><td class="num">${esc(r.delivered_at_ms ? fmtTime(r.delivered_at_ms) : '—')}</td><td>${esc(r.last_error || '')}</td></tr>`).join('');
+  return `<table id="deliveries"><thead><tr><th>${esc(t('dl_channel'))}</th><th>${esc(t('dl_status'))}</th><th>${esc(t('dl_attempts'))}</th><th>${esc(t('dl_receipt'))}</th><th>${esc(t('dl_at'))}</th><th>${esc(t('dl_error'))}</th></tr></thead><tbody>${body}</tbody></table>`;
 }
 function trendSvg(hist, p) {
   const W = 900; const H = 260; const L = 50; const R = 10; const T = 10; const B = 24;

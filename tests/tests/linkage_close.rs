@@ -10,7 +10,7 @@
 mod console_common;
 
 use anyhow::Result;
-use console_common::{ApiClient, Daemon, add_user, now_ms};
+use console_common::{ApiClient, Daemon, add_user, browser, console_login, now_ms, shot, wait_eq};
 use parkguard_tests::servers::mosquitto;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
@@ -204,6 +204,28 @@ async fn operator_closes_a_returned_alarm_and_the_closure_is_published_and_recor
         )
         .await?;
     assert_eq!(status, 409, "second close: {body}");
+
+    // The console's point page shows the delivery status of the alarm's notifications:
+    // the raise and the closure, both confirmed by the broker (PUBACK) on `park-bus`.
+    let (_driver, c) = browser("close-operator").await?;
+    console_login(&c, &base, OPERATOR, OPERATOR_PASS).await?;
+    c.goto(&format!("{base}/#/point/GT-1")).await?;
+    let script = "const rows = [...document.querySelectorAll('#deliveries tbody tr')]; \
+        return rows.filter(r => r.dataset.channel === 'park-bus' && r.className === 'dl-delivered').length;";
+    let seen = wait_eq(&c, script, json!(2), "two delivered rows on park-bus").await;
+    let _ = shot(&c, "deliveries").await;
+    seen?;
+    let text: String = c
+        .execute(
+            "return document.querySelector('#deliveries').innerText",
+            vec![],
+        )
+        .await?
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(text.contains("已送达") && text.contains("PUBACK"), "{text}");
+    c.close().await?;
     pg.stop()?;
 
     // Recorded in the journal database with the data around the alarm.

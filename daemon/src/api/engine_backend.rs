@@ -964,7 +964,9 @@ impl EngineBackend {
                 _ => {
                     let mut conn =
                         crate::linkage::outbox::open(&path).map_err(|e| unavailable(&e))?;
-                    let tx = conn.transaction().map_err(|e| unavailable(&e))?;
+                    let tx = conn
+                        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                        .map_err(|e| unavailable(&e))?;
                     let id =
                         close::record(&tx, &closure, raised_at).map_err(|e| unavailable(&e))?;
                     tx.commit().map_err(|e| unavailable(&e))?;

@@ -454,7 +454,7 @@ fn take_batch(
     key: &str,
     max_batch: usize,
 ) -> Result<(u64, Vec<BatchRow>), OutboxError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let head: Option<(i64, i64, Option<i64>)> = tx
         .query_row(
             "SELECT seq, event_id, batch FROM outbox
@@ -511,7 +511,7 @@ fn mark(
     error: Option<&str>,
     receipt: Option<&str>,
 ) -> Result<(), OutboxError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
         let mut st = tx.prepare(
             "UPDATE outbox SET status = ?2, attempts = attempts + 1, next_attempt = ?3,

@@ -321,7 +321,7 @@ impl Linkage {
     ) -> Result<u64, CloseError> {
         let mut conn = outbox::open(journal_path).map_err(|e| CloseError::Db(db_err(e)))?;
         close::init_schema(&conn)?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let id = close::record(&tx, closure, raised_at)?;
         let n = closure.notification(base, id);
         let mut woken = Vec::new();

@@ -233,7 +233,10 @@ impl Journal {
         F: FnOnce(&Transaction<'_>) -> rusqlite::Result<()>,
     {
         let path = self.path.clone();
-        let tx = self.conn.transaction().map_err(sql(&path))?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql(&path))?;
         {
             let mut st = tx
                 .prepare_cached(
@@ -433,7 +436,9 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), JournalError> {
         });
     }
     for (i, m) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
-        let tx = conn.transaction().map_err(sql(path))?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql(path))?;
         tx.execute_batch(m).map_err(sql(path))?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)
             .map_err(sql(path))?;
