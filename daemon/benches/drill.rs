@@ -142,6 +142,7 @@ fn main() -> anyhow::Result<()> {
                         to: None,
                         points: Vec::new(),
                         enterprises: Vec::new(),
+                        file: None,
                     }),
                     speed: Some("max".into()),
                 },

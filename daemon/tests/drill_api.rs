@@ -450,6 +450,57 @@ channels = ["bureau-desk", "drill-desk"]
         .await;
     assert_eq!(s, 200);
 
+    // Replay of a line-protocol file exported from the production InfluxDB, placed in
+    // <data.dir>/replays/: its level-2 reading raises the drill's alarms.
+    let replays = cfg.data.dir.join("replays");
+    std::fs::create_dir_all(&replays).unwrap();
+    // 0 %LEL, then 60 %LEL for 20 s (longer than any on-delay), one reading a second.
+    let lp: String = (0..21)
+        .map(|i| {
+            let v = if i == 0 { 0.0 } else { 60.0 };
+            format!(
+                "reading,park=demo,tag=DEMO01-GT-103 value={v},quality=0i {}\n",
+                1_764_151_200_000_000_000i64 + i * 1_000_000_000
+            )
+        })
+        .collect();
+    std::fs::write(replays.join("prod.lp"), lp).unwrap();
+    let (s, body) = engineer
+        .post(
+            "/api/v1/drills",
+            json!({"id": "drill-t3", "replay": {"file": "../journal.sqlite"}, "speed": "max"}),
+        )
+        .await;
+    assert_eq!(s, 422, "a path, not a file name: {body}");
+    let (s, body) = engineer
+        .post(
+            "/api/v1/drills",
+            json!({"id": "drill-t3", "replay": {"file": "missing.lp"}, "speed": "max"}),
+        )
+        .await;
+    assert_eq!(s, 404, "{body}");
+    let (s, body) = engineer
+        .post(
+            "/api/v1/drills",
+            json!({"id": "drill-t3", "replay": {"file": "prod.lp"}, "speed": "max"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let st = until("the replayed file's level-2 alarm in the drill", || async {
+        let (_, st) = operator.get("/api/v1/drills/drill-t3").await;
+        st["alarms"]
+            .as_array()?
+            .iter()
+            .any(|a| a["alarm"] == "DEMO01-GT-103:HH")
+            .then_some(st)
+    })
+    .await;
+    assert_eq!(st["readings"], 21, "{st}");
+    let (s, _) = engineer
+        .post("/api/v1/drills/drill-t3/stop", json!({}))
+        .await;
+    assert_eq!(s, 200);
+
     shutdown.cancel();
     running.stop().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), served.join).await;

@@ -248,6 +248,7 @@ async fn replay_of_a_recorded_hour_at_60x_gives_the_live_alarm_events() {
                     to: Some("2025-11-25T01:00:00Z".into()),
                     points: Vec::new(),
                     enterprises: Vec::new(),
+                    file: None,
                 }),
                 speed: Some("60x".into()),
             },

@@ -26,7 +26,8 @@ pub struct ArchiveFilter {
 }
 
 impl ArchiveFilter {
-    fn keeps(&self, tag: &str, enterprise: &str) -> bool {
+    /// Whether a reading of `tag` (of `enterprise`) passes the point and enterprise filters.
+    pub fn keeps(&self, tag: &str, enterprise: &str) -> bool {
         (self.points.is_empty() || self.points.iter().any(|p| p == tag))
             && (self.enterprises.is_empty() || self.enterprises.iter().any(|e| e == enterprise))
     }

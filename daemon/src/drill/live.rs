@@ -125,6 +125,12 @@ pub struct ReplaySpec {
     /// Only points of these enterprises (default: every enterprise).
     #[serde(default)]
     pub enterprises: Vec<String>,
+    /// Replay this file instead of the local archive: InfluxDB line protocol or an
+    /// annotated-CSV export (`influx query --raw`) of measurement `reading`, detected by
+    /// content — data taken from the production InfluxDB. A file name (no path) in
+    /// `<data.dir>/replays/`: the API never reads arbitrary paths.
+    #[serde(default)]
+    pub file: Option<String>,
 }
 
 /// `POST /api/v1/drills`: exactly one of `scenario` and `replay`.
@@ -452,9 +458,35 @@ impl Drills {
                 let dir = parts.spool_dir.clone();
                 let table = Arc::clone(&parts.table);
                 let f = filter.clone();
+                let file = match &spec.file {
+                    None => None,
+                    Some(name)
+                        if !name.is_empty()
+                            && !name.contains(['/', '\\'])
+                            && !name.starts_with('.') =>
+                    {
+                        Some(parts.data_dir.join("replays").join(name))
+                    }
+                    Some(name) => {
+                        return Err(DrillError::Invalid(format!(
+                            "replay.file: `{name}` must be a file name in <data.dir>/replays/"
+                        )));
+                    }
+                };
+                if let Some(path) = &file
+                    && !path.is_file()
+                {
+                    return Err(DrillError::NotFound(format!(
+                        "replay.file: no file {}",
+                        path.display()
+                    )));
+                }
                 let readings = tokio::task::spawn_blocking(move || {
                     let mut stats = ReplayStats::default();
-                    read_archive(&dir, &table, &f, &mut stats)
+                    match file {
+                        None => read_archive(&dir, &table, &f, &mut stats),
+                        Some(path) => read_file(&path, &table, &f, &mut stats),
+                    }
                 })
                 .await
                 .map_err(|e| DrillError::Unavailable(format!("archive task: {e}")))?
@@ -464,11 +496,19 @@ impl Drills {
                 })?;
                 let total = feed.duration();
                 let title = format!(
-                    "回放 / replay {} – {}",
+                    "回放 / replay {}{} – {}",
+                    spec.file
+                        .as_deref()
+                        .map(|f| format!("{f} "))
+                        .unwrap_or_default(),
                     spec.from.as_deref().unwrap_or("oldest"),
                     spec.to.as_deref().unwrap_or("newest")
                 );
-                Ok((feed, "archive".into(), title, total))
+                let source = match &spec.file {
+                    Some(f) => format!("file:{f}"),
+                    None => "archive".into(),
+                };
+                Ok((feed, source, title, total))
             }
             _ => Err(DrillError::Invalid(
                 "give exactly one of `scenario` and `replay`".into(),
@@ -952,6 +992,34 @@ impl Task {
         s.state = state;
         s.alarms = alarms;
     }
+}
+
+/// Recorded readings from a line-protocol or annotated-CSV file, filtered like the archive,
+/// in time order.
+fn read_file(
+    path: &std::path::Path,
+    table: &PointTable,
+    f: &ArchiveFilter,
+    stats: &mut ReplayStats,
+) -> Result<Vec<Reading>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let annotated = text
+        .lines()
+        .any(|l| l.starts_with("#datatype") || l.starts_with(",result,table"));
+    let records = if annotated {
+        super::replay::parse_annotated_csv(&text, stats)
+    } else {
+        super::replay::parse_line_protocol(&text, stats)
+    };
+    let mut out = super::replay::to_readings(records, table, stats);
+    out.retain(|r| {
+        let p = table.get(r.point);
+        f.from.is_none_or(|t| r.source_time >= t)
+            && f.to.is_none_or(|t| r.source_time < t)
+            && p.is_some_and(|p| f.keeps(&p.tag, &p.enterprise))
+    });
+    Ok(out)
 }
 
 /// The table of drill reports in the journal database.
