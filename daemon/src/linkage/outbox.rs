@@ -157,9 +157,11 @@ pub fn init_schema(conn: &Connection) -> Result<(), OutboxError> {
 /// (a confirmed delivery is never forgotten), 5 s busy timeout, schema created.
 pub fn open(path: &Path) -> Result<Connection, OutboxError> {
     let conn = Connection::open(path)?;
+    // The busy timeout first: setting the journal mode needs a lock another connection (the
+    // journal writer, a delivery worker) may hold for a moment.
+    conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.busy_timeout(Duration::from_secs(5))?;
     init_schema(&conn)?;
     Ok(conn)
 }
@@ -454,7 +456,7 @@ fn take_batch(
     key: &str,
     max_batch: usize,
 ) -> Result<(u64, Vec<BatchRow>), OutboxError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let tx = conn.transaction()?;
     let head: Option<(i64, i64, Option<i64>)> = tx
         .query_row(
             "SELECT seq, event_id, batch FROM outbox
@@ -511,7 +513,7 @@ fn mark(
     error: Option<&str>,
     receipt: Option<&str>,
 ) -> Result<(), OutboxError> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let tx = conn.transaction()?;
     {
         let mut st = tx.prepare(
             "UPDATE outbox SET status = ?2, attempts = attempts + 1, next_attempt = ?3,
