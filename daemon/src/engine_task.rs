@@ -28,6 +28,14 @@
 //!   `RecvError::Lagged(n)` (it counts them) and must resynchronise from the snapshot.
 //! - **snapshot** (`watch`): the latest [`Snapshot`] after every tick, command and limit
 //!   change; readers see only the newest value, the engine never waits.
+//!
+//! Order: the task handles one message at a time, and when several are waiting it takes a
+//! request first, then a due tick, then readings (`biased` select). So a request (an
+//! acknowledgement, a limit change) sent before a reading is handled before that reading,
+//! and a limit change — one point or a whole class ([`EngineRequest::ReplaceLimitsBatch`])
+//! — happens between two reading batches: no reading is ever judged with part of a class
+//! changed. Requests are few and quick (the channel is bounded), so they cannot starve the
+//! readings; the tick comes once a second and cannot either.
 
 use parkguard_rules::engine::{Command, CommandError, Engine, Event, Snapshot};
 use parkguard_rules::{AlarmLimits, FieldError, PointId, Reading, Timestamp};
@@ -56,6 +64,37 @@ pub enum EngineRequest {
         /// Ok, or what is wrong with the limits.
         reply: oneshot::Sender<Result<(), Vec<FieldError>>>,
     },
+    /// Replace the limits of several points (a class change, a restore) in ONE engine
+    /// step: every entry is checked first and either all apply or none
+    /// ([`Engine::replace_limits_batch`]); no reading is evaluated in between.
+    ReplaceLimitsBatch {
+        /// (point, new limits), each point at most once.
+        changes: Vec<(PointId, AlarmLimits)>,
+        /// When the task takes the request after this instant it refuses it
+        /// ([`LimitsRefused::Expired`]) instead of applying it: a caller that stopped
+        /// waiting for the answer can rely on nothing having changed.
+        deadline: Option<tokio::time::Instant>,
+        /// Ok (all applied), or why nothing was.
+        reply: oneshot::Sender<Result<(), LimitsRefused>>,
+    },
+}
+
+/// Why the engine task applied none of a batch of limits.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum LimitsRefused {
+    /// At least one entry is invalid (fields named `points.TAG.KEY`).
+    #[error("invalid limits: {}", join_fields(.0))]
+    Invalid(Vec<FieldError>),
+    /// The request reached the engine after its deadline.
+    #[error("the engine took the change after its deadline; nothing was changed")]
+    Expired,
+}
+
+fn join_fields(errs: &[FieldError]) -> String {
+    errs.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Settings of the task (not user configuration: the topology picks them).
@@ -100,6 +139,11 @@ pub struct EngineHandle {
     pub events: broadcast::Sender<Arc<Event>>,
     /// The latest snapshot.
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    /// The limits store and the version history the engine was started with (the
+    /// topology applies the stored limits before the task starts, see
+    /// [`crate::api::limits::LimitsAtStart`]). `None` for an engine started without them
+    /// (drills, tests).
+    pub limits: Option<Arc<crate::api::limits::LimitsAtStart>>,
 }
 
 impl EngineHandle {
@@ -130,6 +174,26 @@ impl EngineHandle {
             .ok()?;
         rx.await.ok()
     }
+
+    /// Replace the limits of several points in one engine step, all or none (see
+    /// [`EngineRequest::ReplaceLimitsBatch`]); refused as expired if the task gets to it
+    /// after `deadline`. `None` if the engine task has ended.
+    pub async fn replace_limits_batch(
+        &self,
+        changes: Vec<(PointId, AlarmLimits)>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Option<Result<(), LimitsRefused>> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(EngineRequest::ReplaceLimitsBatch {
+                changes,
+                deadline,
+                reply,
+            })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
 }
 
 /// Spawn the engine task. `engine` should already be restored from the journal
@@ -151,6 +215,7 @@ pub fn spawn(
         requests: req_tx,
         events: ev_tx.clone(),
         snapshot: snap_rx,
+        limits: None,
     };
     let drill = engine.config().drill.clone();
     let task = Task {
@@ -187,12 +252,9 @@ impl Task {
         let mut requests_open = true;
         info!(points = self.engine.table().len(), "engine task started");
         loop {
+            // Biased: requests, then a due tick, then readings (see the module docs).
             tokio::select! {
-                batch = readings.recv() => {
-                    let Some(batch) = batch else { break };
-                    self.engine.on_readings(&batch, &mut self.out);
-                    self.publish().await;
-                }
+                biased;
                 req = requests.recv(), if requests_open => {
                     match req {
                         Some(req) => {
@@ -206,6 +268,11 @@ impl Task {
                     self.engine.on_tick(now, &mut self.out);
                     self.publish().await;
                     self.snapshot.send_replace(Arc::new(self.engine.snapshot()));
+                }
+                batch = readings.recv() => {
+                    let Some(batch) = batch else { break };
+                    self.engine.on_readings(&batch, &mut self.out);
+                    self.publish().await;
                 }
             }
         }
@@ -242,6 +309,28 @@ impl Task {
                     info!(point = point.0, "limits replaced");
                 }
                 self.snapshot.send_replace(Arc::new(self.engine.snapshot()));
+                let _ = reply.send(res);
+            }
+            EngineRequest::ReplaceLimitsBatch {
+                changes,
+                deadline,
+                reply,
+            } => {
+                let res = if deadline.is_some_and(|d| tokio::time::Instant::now() > d) {
+                    warn!(
+                        points = changes.len(),
+                        "limit change reached the engine after its deadline: refused"
+                    );
+                    Err(LimitsRefused::Expired)
+                } else {
+                    self.engine
+                        .replace_limits_batch(&changes)
+                        .map_err(LimitsRefused::Invalid)
+                };
+                if res.is_ok() {
+                    info!(points = changes.len(), "limits replaced in one step");
+                    self.snapshot.send_replace(Arc::new(self.engine.snapshot()));
+                }
                 let _ = reply.send(res);
             }
         }
@@ -432,5 +521,160 @@ mod tests {
                 .iter()
                 .any(|e| matches!(e, Event::Alarm(a) if a.alarm == "GT-1:STALE"))
         );
+    }
+
+    /// Three points of one class (combustible, E1) and a sentinel of another.
+    fn class_table() -> Arc<PointTable> {
+        let p = |i: u32, enterprise: &str| Point {
+            id: PointId(i),
+            tag: format!("GT-{i}"),
+            name: "methane".into(),
+            enterprise: enterprise.into(),
+            device: None,
+            hazard_installation: None,
+            area: None,
+            kind: PointKind::Combustible,
+            gas: Some(Gas::Ch4),
+            unit: Unit::PercentLel,
+            range_lo: 0.0,
+            range_hi: 100.0,
+            limits: AlarmLimits {
+                h: Some(25.0),
+                hh: Some(50.0),
+                deadband: 2.0,
+                ..Default::default()
+            },
+            expected_interval: Duration::from_secs(3600),
+            location: None,
+        };
+        Arc::new(PointTable::new(vec![p(0, "E1"), p(1, "E1"), p(2, "E1"), p(3, "E9")]).unwrap())
+    }
+
+    fn reading_of(point: u32, value: f64) -> Reading {
+        Reading {
+            point: PointId(point),
+            ..reading(value)
+        }
+    }
+
+    /// Level-1 (H) events of the class up to the sentinel's next event (the sentinel
+    /// reading is the last of its batch, so everything before it has been evaluated).
+    async fn class_events(rx: &mut broadcast::Receiver<Arc<Event>>) -> Vec<(String, EventKind)> {
+        let mut got = Vec::new();
+        loop {
+            let (id, kind, _) = next_alarm(rx).await;
+            if id.starts_with("GT-3:") {
+                got.sort_by(|a: &(String, EventKind), b| a.0.cmp(&b.0));
+                return got;
+            }
+            got.push((id, kind));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_class_change_is_one_step_and_all_or_nothing() {
+        let engine = Engine::new(class_table(), EngineConfig::default(), Vec::new());
+        let (tx, rx) = mpsc::channel(64);
+        let cfg = EngineTaskConfig {
+            tick: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let (h, join) = spawn(engine, rx, None, cfg);
+        let mut events = h.events.subscribe();
+        let class = [PointId(0), PointId(1), PointId(2)];
+        let level1 = |h1: f64| AlarmLimits {
+            h: Some(h1),
+            hh: Some(50.0),
+            deadband: 2.0,
+            ..Default::default()
+        };
+        let at = |h1: f64| -> Vec<(PointId, AlarmLimits)> {
+            class.iter().map(|p| (*p, level1(h1))).collect()
+        };
+        let all = |kind: EventKind| -> Vec<(String, EventKind)> {
+            ["GT-0:H", "GT-1:H", "GT-2:H"]
+                .iter()
+                .map(|a| (a.to_string(), kind))
+                .collect()
+        };
+
+        // One invalid entry (level-1 above level-2 on GT-2): nothing changes.
+        let mut bad = at(40.0);
+        bad[2].1 = level1(60.0);
+        let res = h.replace_limits_batch(bad, None).await.unwrap();
+        let Err(LimitsRefused::Invalid(errs)) = res else {
+            panic!("refused as invalid: {res:?}")
+        };
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "points.GT-2.h");
+        // 30 %LEL: over the configured 25 on every point (a change to 40 would not alarm).
+        tx.send(vec![
+            reading_of(0, 30.0),
+            reading_of(1, 30.0),
+            reading_of(2, 30.0),
+            reading_of(3, 30.0),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(class_events(&mut events).await, all(EventKind::Activate));
+
+        // A valid batch, with the readings queued right behind it (the test does not wait
+        // for the answer first): every point of the class judges them with the new limits.
+        // Several rounds, alternating, so that a reading evaluated before (or between the
+        // points of) the change would show.
+        // The sentinel (GT-3, level-1 at 25) alternates 30 / 0: one event per batch.
+        let mut uses = 1;
+        let mut sentinel = move || {
+            uses += 1;
+            if uses % 2 == 1 { 30.0 } else { 0.0 }
+        };
+        for round in 0..8 {
+            let (h1, want) = if round % 2 == 0 {
+                (40.0, EventKind::Return) // 30 < 40 - deadband: back to normal
+            } else {
+                (20.0, EventKind::Activate) // 30 > 20: alarm again
+            };
+            let (reply, answer) = oneshot::channel();
+            h.requests
+                .send(EngineRequest::ReplaceLimitsBatch {
+                    changes: at(h1),
+                    deadline: None,
+                    reply,
+                })
+                .await
+                .unwrap();
+            tx.send(vec![
+                reading_of(0, 30.0),
+                reading_of(1, 30.0),
+                reading_of(2, 30.0),
+                reading_of(3, sentinel()),
+            ])
+            .await
+            .unwrap();
+            assert_eq!(
+                class_events(&mut events).await,
+                all(want),
+                "round {round}: level-1 at {h1}"
+            );
+            assert_eq!(answer.await.unwrap(), Ok(()));
+        }
+
+        // A batch that reaches the engine after its deadline changes nothing.
+        let past = tokio::time::Instant::now() - Duration::from_millis(1);
+        let res = h.replace_limits_batch(at(40.0), Some(past)).await.unwrap();
+        assert_eq!(res, Err(LimitsRefused::Expired));
+        // (Level-1 is still 20 from the last round: 30 stays in alarm, no event.)
+        tx.send(vec![
+            reading_of(0, 30.0),
+            reading_of(1, 30.0),
+            reading_of(2, 30.0),
+            reading_of(3, sentinel()),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(class_events(&mut events).await, []);
+
+        drop(tx);
+        join.await.unwrap();
     }
 }

@@ -102,10 +102,13 @@ impl Running {
 
 /// Start every task of `cfg`. Must run inside a tokio runtime.
 ///
-/// Order: open the journal and rebuild the engine's alarm states from it (so a restart
-/// neither forgets an unacknowledged alarm nor re-announces an acknowledged one), open the
-/// spool, start the engine, the journal writer, the recorder, the InfluxDB writer, and only
-/// then the sources.
+/// Order: build the engine with the limits stored in `<data.dir>/limits.sqlite` (the
+/// latest version of each point, unless the configuration file changed it since: see
+/// [`crate::api::limits::plan_restore`]), so that not even the first reading after a
+/// restart is judged against superseded limits; open the journal and rebuild the engine's
+/// alarm states from it (so a restart neither forgets an unacknowledged alarm nor
+/// re-announces an acknowledged one), open the spool, start the engine, the journal
+/// writer, the recorder, the InfluxDB writer, and only then the sources.
 pub async fn start(cfg: &ParkConfig, shutdown: CancellationToken) -> Result<Running> {
     start_with(cfg, shutdown, EngineTaskConfig::default()).await
 }
@@ -130,6 +133,27 @@ pub async fn start_with(
         cfg.engine.clone(),
         cfg.vote_groups.clone(),
     );
+    // Stored limits, before anything else touches the engine.
+    let limits_path = data.join("limits.sqlite");
+    let (limits_at_start, stored_limits) = crate::api::limits::LimitsAtStart::load(
+        &limits_path,
+        &cfg.table,
+        engine_task::system_now().0.div_euclid(1_000_000),
+    )
+    .with_context(|| format!("cannot open the limits store {}", limits_path.display()))?;
+    // Checked by the plan with the engine's own rules: this cannot be refused.
+    engine
+        .replace_limits_batch(&stored_limits)
+        .map_err(|errs| {
+            let why: Vec<String> = errs.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!("stored limits refused by the engine: {}", why.join("; "))
+        })?;
+    if !stored_limits.is_empty() {
+        info!(
+            points = stored_limits.len(),
+            "stored limits applied before the engine starts"
+        );
+    }
     let latest = journal
         .latest_per_alarm()
         .context("cannot read the alarm journal")?;
@@ -238,7 +262,8 @@ pub async fn start_with(
     )?);
     let journal_weak = journal_tx.downgrade();
     let (engine_tx, engine_rx) = mpsc::channel::<Vec<Reading>>(READINGS_CAPACITY);
-    let (handle, engine_join) = engine_task::spawn(engine, engine_rx, Some(journal_tx), task);
+    let (mut handle, engine_join) = engine_task::spawn(engine, engine_rx, Some(journal_tx), task);
+    handle.limits = Some(Arc::new(limits_at_start));
 
     // Recorder: sources → engine, then → spool (alarm latency never waits on the disk).
     let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(READINGS_CAPACITY);

@@ -2,17 +2,20 @@
 //!
 //! - Points and active alarms come from the engine's snapshot (`watch`, latest only).
 //! - Commands and limit changes go through the engine's request channel
-//!   ([`EngineHandle::command`], [`EngineHandle::replace_limits`]); a refused command comes
-//!   back as a clear 4xx ([`command_error`]).
+//!   ([`EngineHandle::command`], [`EngineHandle::replace_limits_batch`]); a refused command
+//!   comes back as a clear 4xx ([`command_error`]). A limit change of several points (a
+//!   class) is ONE engine step: all points change between two readings, or none does.
 //! - Alarm and warning history and the KPIs are read from the journal over a read-only
 //!   SQLite connection (empty when the daemon runs without a journal).
 //! - Point history is read from the spool archive (empty without one).
 //! - Limit versions: version 1 is the configured limits, each change adds one. With a
-//!   [`LimitsStore`] attached ([`EngineBackend::restore_limits`], done by `wire::serve`
-//!   with `<data.dir>/limits.sqlite`) every version is stored before the change is
-//!   answered, and at start the latest stored version is applied to the engine again —
-//!   unless the configuration file's limits changed since, in which case the file wins
-//!   and that is recorded as a new version. Every change is also in the audit log.
+//!   [`LimitsStore`] attached ([`EngineBackend::attach_limits`], done by `wire::serve`
+//!   with what the topology loaded from `<data.dir>/limits.sqlite`) every version is
+//!   stored before the change is answered. At start the topology applies the latest
+//!   stored version of each point to the engine before its first reading — unless the
+//!   configuration file's limits changed since, in which case the file wins and that is
+//!   recorded as a new version ([`super::limits::plan_restore`]). Every change is also in
+//!   the audit log.
 //!
 //! Alarm ids on the wire: the engine names alarms `TAG:HH`; the API's numeric `id` is a
 //! stable 53-bit FNV-1a hash of that name ([`alarm_num`]), so it survives restarts and is
@@ -22,8 +25,8 @@
 
 use super::backend::*;
 use super::events::EventHub;
-use super::limits::{LimitsStore, Origin, StoredVersion, runtime_limits, validate_limits};
-use crate::engine_task::EngineHandle;
+use super::limits::{LimitsAtStart, LimitsStore, Origin, StoredVersion, runtime_limits};
+use crate::engine_task::{EngineHandle, LimitsRefused};
 use crate::store::journal::{EventFilter, Journal, RecordKind};
 use parkguard_rules::alarm::{AlarmEvent, AlarmState as EState, Condition, EventKind, SourceKind};
 use parkguard_rules::engine::{
@@ -102,6 +105,9 @@ pub struct EngineBackend {
 
 /// How long a command may wait for the engine before the API answers 503.
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long after a limit change's deadline the API still waits for the engine's answer
+/// (the engine answers at once once it took the change; see `replace_batch`).
+const REPLY_GRACE: Duration = Duration::from_secs(1);
 /// A snapshot older than this makes `/readyz` fail (the engine ticks every second).
 const SNAPSHOT_FRESH: Duration = Duration::from_secs(5);
 /// Most samples one history request returns.
@@ -461,21 +467,30 @@ impl EngineBackend {
         }
     }
 
-    /// Replace one point's limits in the engine.
-    async fn replace(&self, point: PointId, limits: AlarmLimits) -> Result<(), BackendError> {
-        match tokio::time::timeout(
-            ENGINE_TIMEOUT,
-            self.parts.engine.replace_limits(point, limits),
+    /// Replace the limits of every point in `changes` in one engine step, all or none
+    /// ([`EngineHandle::replace_limits_batch`]). The engine refuses the batch if it gets to
+    /// it after [`ENGINE_TIMEOUT`], so an answer of 503 means nothing changed (short of the
+    /// runtime stalling for [`REPLY_GRACE`] between the engine's answer and this task).
+    async fn replace_batch(
+        &self,
+        changes: Vec<(PointId, AlarmLimits)>,
+    ) -> Result<(), BackendError> {
+        let deadline = tokio::time::Instant::now() + ENGINE_TIMEOUT;
+        let answer = tokio::time::timeout_at(
+            deadline + REPLY_GRACE,
+            self.parts
+                .engine
+                .replace_limits_batch(changes, Some(deadline)),
         )
-        .await
-        {
-            Err(_) => Err(BackendError::Unavailable(
-                "the engine did not answer within 5 s".into(),
+        .await;
+        match answer {
+            Err(_) | Ok(Some(Err(LimitsRefused::Expired))) => Err(BackendError::Unavailable(
+                "the engine did not take the change within 5 s; nothing was changed".into(),
             )),
             Ok(None) => Err(BackendError::Unavailable(
                 "the engine is not running".into(),
             )),
-            Ok(Some(Err(errs))) => Err(BackendError::Invalid(
+            Ok(Some(Err(LimitsRefused::Invalid(errs)))) => Err(BackendError::Invalid(
                 errs.iter()
                     .map(|e| e.to_string())
                     .collect::<Vec<_>>()
@@ -485,19 +500,10 @@ impl EngineBackend {
         }
     }
 
-    /// Put back limits already replaced (best effort: a failure here is logged; the
-    /// engine then runs the new limits of that point, which passed validation).
-    async fn roll_back(&self, applied: Vec<(PointId, AlarmLimits)>) {
-        for (point, old) in applied.into_iter().rev() {
-            if let Err(e) = self.replace(point, old).await {
-                tracing::error!(point = point.0, error = %e, "cannot roll back limits");
-            }
-        }
-    }
-
-    /// Check versions, apply every change to the engine (rolling back on the first
-    /// failure), persist all versions in one transaction (rolling back the engine if that
-    /// fails), then remember them. Serialised by `limits_lock`.
+    /// Check versions, apply every change to the engine in one step (all or none, so a
+    /// class change is atomic), persist all versions in one transaction (putting the old
+    /// limits back, again in one step, if that fails), then remember them. Serialised by
+    /// `limits_lock`.
     async fn apply_many(
         &self,
         changes: Vec<(String, AlarmLimits, Option<u32>)>,
@@ -532,14 +538,16 @@ impl EngineBackend {
             };
             plan.push((point.id, limits, old, before, versions));
         }
-        let mut applied = Vec::with_capacity(plan.len());
-        for (point, limits, old, _, _) in &plan {
-            if let Err(e) = self.replace(*point, limits.clone()).await {
-                self.roll_back(applied).await;
-                return Err(e);
-            }
-            applied.push((*point, old.clone()));
-        }
+        self.replace_batch(
+            plan.iter()
+                .map(|(point, limits, ..)| (*point, limits.clone()))
+                .collect(),
+        )
+        .await?;
+        let undo: Vec<(PointId, AlarmLimits)> = plan
+            .iter()
+            .map(|(point, _, old, ..)| (*point, old.clone()))
+            .collect();
         let now = now_ms();
         let mut out = Vec::with_capacity(plan.len());
         let mut rows = Vec::new();
@@ -579,7 +587,11 @@ impl EngineBackend {
             };
             if let Some(e) = err {
                 tracing::error!(error = %e, "cannot persist limits: change rolled back");
-                self.roll_back(applied).await;
+                if let Err(undo_err) = self.replace_batch(undo).await {
+                    // The engine runs the new limits (they passed validation) without a
+                    // stored version: say so loudly.
+                    tracing::error!(error = %undo_err, "cannot roll back limits in the engine");
+                }
                 return Err(BackendError::Unavailable(format!(
                     "the limits could not be stored ({e}); nothing was changed"
                 )));
@@ -601,92 +613,35 @@ impl EngineBackend {
         Ok(out)
     }
 
-    /// Attach the limits store and bring the engine to the stored limits: for each point
-    /// with stored versions, the latest is applied again if the configuration file still
-    /// has the limits it had when they were stored; if the file changed since, the file
-    /// wins and that is stored as a new version (`changed_by = config`). A stored version
-    /// that no longer validates against the point (its range changed) is not applied
-    /// either. Call once, at start.
-    pub async fn restore_limits(&self, store: LimitsStore) -> anyhow::Result<()> {
-        let store = Arc::new(store);
-        let all = {
-            let s = store.clone();
-            tokio::task::spawn_blocking(move || s.all()).await??
-        };
-        let _guard = self.limits_lock.lock().await;
-        let now = now_ms();
-        let mut new_rows = Vec::new();
-        let mut restored = 0usize;
-        for p in self.parts.table.points() {
-            let Some(stored) = all.get(&p.tag) else {
-                continue;
-            };
-            let Some(latest) = stored.last() else {
-                continue;
-            };
-            let configured = LimitsDto::from(&p.limits);
-            let baseline = stored.iter().rev().find(|v| v.origin == Origin::Config);
-            let mut versions: Vec<LimitsVersion> =
-                stored.iter().map(|v| v.version.clone()).collect();
-            let config_wins = |why: String, versions: &mut Vec<LimitsVersion>| {
-                let v = LimitsVersion {
-                    tag: p.tag.clone(),
-                    version: versions.last().map_or(1, |v| v.version + 1),
-                    limits: configured.clone(),
-                    changed_by: "config".into(),
-                    changed_ms: now,
-                    reason: why,
-                };
-                versions.push(v.clone());
-                StoredVersion {
-                    version: v,
-                    origin: Origin::Config,
-                }
-            };
-            if baseline.is_none_or(|b| b.version.limits != configured) {
-                if latest.version.limits != configured {
-                    tracing::warn!(tag = %p.tag, stored_version = latest.version.version, "the configuration file changed this point's limits since they were last changed through the API: the file's limits apply");
-                    new_rows.push(config_wins(
-                        "the configuration file changed; its limits apply".into(),
-                        &mut versions,
-                    ));
-                }
-            } else if latest.version.limits != configured {
-                match validate_limits(p, &latest.version.limits) {
-                    Ok(limits) => {
-                        self.replace(p.id, limits)
-                            .await
-                            .map_err(|e| anyhow::anyhow!("limits of {}: {e}", p.tag))?;
-                        restored += 1;
-                        tracing::info!(tag = %p.tag, version = latest.version.version, by = %latest.version.changed_by, "stored limits applied");
-                    }
-                    Err(errs) => {
-                        let why = errs
-                            .iter()
-                            .map(|e| e.to_string())
-                            .collect::<Vec<_>>()
-                            .join("; ");
-                        tracing::warn!(tag = %p.tag, version = latest.version.version, error = %why, "stored limits no longer valid for the configured point: the file's limits apply");
-                        new_rows.push(config_wins(
-                            format!(
-                                "stored version {} no longer valid ({why}); the file's limits apply",
-                                latest.version.version
-                            ),
-                            &mut versions,
-                        ));
-                    }
-                }
-            }
-            lock(&self.shared).versions.insert(p.tag.clone(), versions);
+    /// Take over the limits store and the version history the engine was started with
+    /// ([`LimitsAtStart`], made by the topology, which applied the stored limits before
+    /// the engine's first reading). Later changes are stored there. Call once, at start.
+    pub fn attach_limits(&self, at_start: &LimitsAtStart) {
+        lock(&self.shared).versions = at_start.versions.clone();
+        let _ = self.limits_store.set(at_start.store.clone());
+    }
+
+    /// For an engine that was started WITHOUT the stored limits (not through the
+    /// topology, e.g. a test harness): load them from `path` and apply them now, in one
+    /// engine step, then attach them ([`Self::attach_limits`]). Readings evaluated before
+    /// this call were judged against the configured limits, hence the warning.
+    pub async fn restore_limits_late(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        let table = self.parts.table.clone();
+        let path = path.to_path_buf();
+        let (at_start, apply) =
+            tokio::task::spawn_blocking(move || LimitsAtStart::load(&path, &table, now_ms()))
+                .await??;
+        if !apply.is_empty() {
+            tracing::warn!(
+                points = apply.len(),
+                "the engine was started without the stored limits: applying them now"
+            );
+            let _guard = self.limits_lock.lock().await;
+            self.replace_batch(apply)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot apply the stored limits: {e}"))?;
         }
-        if !new_rows.is_empty() {
-            let s = store.clone();
-            tokio::task::spawn_blocking(move || s.append(&new_rows, None)).await??;
-        }
-        if restored > 0 {
-            tracing::info!(points = restored, "limits restored from the limits store");
-        }
-        let _ = self.limits_store.set(store);
+        self.attach_limits(&at_start);
         Ok(())
     }
 
@@ -2165,6 +2120,7 @@ mod tests {
                 requests: req_tx,
                 events: ev_tx,
                 snapshot: snap_rx,
+                limits: None,
             },
             table,
             engine_config: EngineConfig::default(),
@@ -2229,6 +2185,7 @@ mod tests {
                 requests: req_tx,
                 events: ev_tx.clone(),
                 snapshot: snap_rx,
+                limits: None,
             },
             table,
             engine_config: EngineConfig::default(),

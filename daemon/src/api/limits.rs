@@ -3,13 +3,20 @@
 //! as field errors (`limits.h`, …); class changes (every point of an enterprise, a kind, a
 //! gas, an area) validated all-or-nothing; and the store that keeps every version in
 //! `<data.dir>/limits.sqlite` so that changes survive a restart.
+//!
+//! At start ([`LimitsAtStart::load`], called by the topology before the engine task is
+//! spawned) the latest stored version of each point is applied to the engine, so the very
+//! first reading after a restart is judged against the limits the engineer stored, never
+//! against the file's for a moment. The configuration file wins where it changed since
+//! (recorded as a new version).
 
 use super::backend::{LimitsDto, LimitsVersion};
-use parkguard_rules::{AlarmLimits, FieldError, Gas, Point, PointKind, PointTable};
+use parkguard_rules::{AlarmLimits, FieldError, Gas, Point, PointId, PointKind, PointTable};
 use rusqlite::Connection;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest on/off-delay accepted, seconds (1 h).
@@ -512,6 +519,139 @@ impl LimitsStore {
     }
 }
 
+// ------------------------------------------------------------------ start-up
+
+/// What the stored versions mean for the configured points at start (pure: no I/O).
+#[derive(Debug, Default)]
+pub struct RestorePlan {
+    /// Version history per tag, oldest first, including `new_rows`; a tag that is absent
+    /// has only its configured version 1.
+    pub versions: HashMap<String, Vec<LimitsVersion>>,
+    /// Versions to append to the store: the configuration file winning over stored
+    /// limits (`changed_by = config`).
+    pub new_rows: Vec<StoredVersion>,
+    /// Limits the engine must run instead of the configured ones (stored API versions).
+    pub apply: Vec<(PointId, AlarmLimits)>,
+}
+
+/// Decide, for each configured point with stored versions, which limits apply at start:
+/// the latest stored version, if the configuration file still has the limits it had when
+/// they were stored (the latest `config` version) and the stored limits still validate
+/// against the point (its range may have changed); otherwise the file's limits, recorded as
+/// a new version with the reason. Stored tags that are no longer configured are ignored.
+pub fn plan_restore(
+    table: &PointTable,
+    stored: &HashMap<String, Vec<StoredVersion>>,
+    now_ms: i64,
+) -> RestorePlan {
+    let mut plan = RestorePlan::default();
+    for p in table.points() {
+        let Some(latest) = stored.get(&p.tag).and_then(|s| s.last()) else {
+            continue;
+        };
+        let stored = &stored[&p.tag];
+        let configured = LimitsDto::from(&p.limits);
+        let baseline = stored.iter().rev().find(|v| v.origin == Origin::Config);
+        let mut versions: Vec<LimitsVersion> = stored.iter().map(|v| v.version.clone()).collect();
+        let mut config_wins = |why: String| {
+            let v = LimitsVersion {
+                tag: p.tag.clone(),
+                version: versions.last().map_or(1, |v| v.version + 1),
+                limits: configured.clone(),
+                changed_by: "config".into(),
+                changed_ms: now_ms,
+                reason: why,
+            };
+            versions.push(v.clone());
+            plan.new_rows.push(StoredVersion {
+                version: v,
+                origin: Origin::Config,
+            });
+        };
+        if baseline.is_none_or(|b| b.version.limits != configured) {
+            if latest.version.limits != configured {
+                tracing::warn!(tag = %p.tag, stored_version = latest.version.version, "the configuration file changed this point's limits since they were last changed through the API: the file's limits apply");
+                config_wins("the configuration file changed; its limits apply".into());
+            }
+        } else if latest.version.limits != configured {
+            // The API's rules, and the engine's own (the batch must not fail at start).
+            let checked = validate_limits(p, &latest.version.limits).and_then(|l| {
+                let problems = l.problems();
+                if problems.is_empty() {
+                    Ok(l)
+                } else {
+                    Err(problems)
+                }
+            });
+            match checked {
+                Ok(limits) => {
+                    tracing::info!(tag = %p.tag, version = latest.version.version, by = %latest.version.changed_by, "stored limits apply");
+                    plan.apply.push((p.id, limits));
+                }
+                Err(errs) => {
+                    let why = errs
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    tracing::warn!(tag = %p.tag, version = latest.version.version, error = %why, "stored limits no longer valid for the configured point: the file's limits apply");
+                    config_wins(format!(
+                        "stored version {} no longer valid ({why}); the file's limits apply",
+                        latest.version.version
+                    ));
+                }
+            }
+        }
+        plan.versions.insert(p.tag.clone(), versions);
+    }
+    plan
+}
+
+/// The limits store as the daemon started with it: the store (for later changes) and
+/// every point's version history. Made once, before the engine task starts; the engine
+/// then runs the last version of each point (see [`Self::load`]).
+pub struct LimitsAtStart {
+    /// The store, `<data.dir>/limits.sqlite`.
+    pub store: Arc<LimitsStore>,
+    /// Version history per tag, oldest first (absent: only the configured version 1).
+    pub versions: HashMap<String, Vec<LimitsVersion>>,
+}
+
+impl std::fmt::Debug for LimitsAtStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LimitsAtStart")
+            .field("store", &self.store.path)
+            .field("points_with_versions", &self.versions.len())
+            .finish()
+    }
+}
+
+impl LimitsAtStart {
+    /// Open the store at `path`, plan the start ([`plan_restore`]), record the versions
+    /// where the configuration file wins, and return the limits the engine must run
+    /// instead of the configured ones — to be applied BEFORE the engine evaluates its
+    /// first reading (the topology does, on the engine it has not spawned yet). Blocking
+    /// (SQLite).
+    pub fn load(
+        path: &Path,
+        table: &PointTable,
+        now_ms: i64,
+    ) -> Result<(Self, Vec<(PointId, AlarmLimits)>), LimitsStoreError> {
+        let store = LimitsStore::open(path)?;
+        let plan = plan_restore(table, &store.all()?, now_ms);
+        if !plan.new_rows.is_empty() {
+            store.append(&plan.new_rows, None)?;
+        }
+        Ok((
+            Self {
+                store: Arc::new(store),
+                versions: plan.versions,
+            },
+            plan.apply,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,5 +810,89 @@ mod tests {
         assert_eq!(gt1[0].origin, Origin::Config);
         assert_eq!(gt1[2].origin, Origin::Api);
         assert_eq!(gt1[1].version.reason, "复核");
+    }
+
+    #[test]
+    fn start_plan_applies_stored_versions_unless_the_file_changed() {
+        let park = sample_park().expect("sample park");
+        let t = &park.table;
+        let p = t.by_tag("E02-GT-301").expect("point");
+        let configured = LimitsDto::from(&p.limits);
+        let version = |v: u32, limits: LimitsDto, origin| StoredVersion {
+            version: LimitsVersion {
+                tag: p.tag.clone(),
+                version: v,
+                limits,
+                changed_by: if origin == Origin::Config {
+                    "config"
+                } else {
+                    "zhang.gong"
+                }
+                .into(),
+                changed_ms: 1,
+                reason: "r".into(),
+            },
+            origin,
+        };
+        let mut raised = configured.clone();
+        raised.h = raised.h.map(|h| h + 5.0);
+        let stored = |rows: Vec<StoredVersion>| HashMap::from([(p.tag.clone(), rows)]);
+
+        // Nothing stored: the file's limits, no history, nothing to record.
+        let plan = plan_restore(t, &HashMap::new(), 9);
+        assert!(plan.apply.is_empty() && plan.new_rows.is_empty() && plan.versions.is_empty());
+
+        // The file is as it was when version 2 was stored: version 2 applies.
+        let rows = vec![
+            version(1, configured.clone(), Origin::Config),
+            version(2, raised.clone(), Origin::Api),
+        ];
+        let plan = plan_restore(t, &stored(rows.clone()), 9);
+        assert_eq!(plan.apply.len(), 1);
+        assert_eq!(plan.apply[0].0, p.id);
+        assert_eq!(plan.apply[0].1.h, raised.h);
+        assert_eq!(plan.apply[0].1.rate_of_change, p.limits.rate_of_change);
+        assert!(plan.new_rows.is_empty());
+        assert_eq!(plan.versions[&p.tag].len(), 2);
+
+        // The file changed since: it wins, recorded as version 3; nothing applied.
+        let mut older = configured.clone();
+        older.deadband += 0.5;
+        let rows = vec![
+            version(1, older, Origin::Config),
+            version(2, raised.clone(), Origin::Api),
+        ];
+        let plan = plan_restore(t, &stored(rows), 9);
+        assert!(plan.apply.is_empty());
+        assert_eq!(plan.new_rows.len(), 1);
+        let v3 = &plan.new_rows[0];
+        assert_eq!((v3.version.version, v3.origin), (3, Origin::Config));
+        assert_eq!(v3.version.limits, configured);
+        assert_eq!(v3.version.changed_ms, 9);
+        assert_eq!(plan.versions[&p.tag].len(), 3);
+
+        // The stored version no longer fits the point (outside its range): the file wins.
+        let mut out_of_range = configured.clone();
+        out_of_range.h = Some(p.range_hi + 1.0);
+        out_of_range.hh = Some(p.range_hi + 2.0);
+        let rows = vec![
+            version(1, configured.clone(), Origin::Config),
+            version(2, out_of_range, Origin::Api),
+        ];
+        let plan = plan_restore(t, &stored(rows), 9);
+        assert!(plan.apply.is_empty());
+        assert!(
+            plan.new_rows[0].version.reason.contains("no longer valid"),
+            "{plan:?}"
+        );
+
+        // Back at the configured limits through the API: nothing to apply or record.
+        let rows = vec![
+            version(1, configured.clone(), Origin::Config),
+            version(2, raised, Origin::Api),
+            version(3, configured, Origin::Api),
+        ];
+        let plan = plan_restore(t, &stored(rows), 9);
+        assert!(plan.apply.is_empty() && plan.new_rows.is_empty());
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! It builds the SSE hub (and its flusher), the real backend
 //! ([`super::engine_backend::EngineBackend`]) with its event pump, the handlers' state
-//! (users file, audit log `<data.dir>/audit.db`, metrics), restores the limits stored in
-//! `<data.dir>/limits.sqlite`, binds `[api] listen` and serves
+//! (users file, audit log `<data.dir>/audit.db`, metrics), attaches the limits store
+//! `<data.dir>/limits.sqlite` the topology opened (and applied to the engine before its
+//! first reading), binds `[api] listen` and serves
 //! plain HTTP, or HTTPS when `[api] tls_cert` and `tls_key` are both set.
 
 use super::engine_backend::{BackendParts, EngineBackend, pump};
@@ -83,14 +84,20 @@ pub async fn serve_with_drills(
     let backend = tokio::task::spawn_blocking(move || EngineBackend::new(parts))
         .await
         .context("API backend task")?;
-    // Limit versions persist in the data directory; the latest stored ones apply again.
-    let limits_db = cfg.data.dir.join("limits.sqlite");
-    let store = super::limits::LimitsStore::open(&limits_db)
-        .with_context(|| format!("cannot open the limits store {}", limits_db.display()))?;
-    backend
-        .restore_limits(store)
-        .await
-        .context("cannot restore the stored limits")?;
+    // Limit versions persist in the data directory. The topology applied the latest
+    // stored ones before the engine's first reading; the API takes over the store.
+    match backend.parts().engine.limits.clone() {
+        Some(at_start) => backend.attach_limits(&at_start),
+        None => {
+            let limits_db = cfg.data.dir.join("limits.sqlite");
+            backend
+                .restore_limits_late(&limits_db)
+                .await
+                .with_context(|| {
+                    format!("cannot restore the stored limits {}", limits_db.display())
+                })?;
+        }
+    }
     let state = {
         let backend = backend.clone();
         let hub = hub.clone();

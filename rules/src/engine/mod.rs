@@ -1536,15 +1536,77 @@ impl Engine {
         point: PointId,
         limits: AlarmLimits,
     ) -> Result<(), Vec<crate::FieldError>> {
-        let errs = limits.problems();
-        if !errs.is_empty() {
-            return Err(errs);
-        }
-        let Some(rt) = self.pts.get_mut(point.index()) else {
+        self.check_limits(point, &limits)?;
+        self.apply_point_limits(point, &limits);
+        Ok(())
+    }
+
+    /// Whether [`Self::replace_limits`] would take `limits` for `point`, without changing
+    /// anything: the point exists and the limits are consistent
+    /// ([`AlarmLimits::problems`]).
+    pub fn check_limits(
+        &self,
+        point: PointId,
+        limits: &AlarmLimits,
+    ) -> Result<(), Vec<crate::FieldError>> {
+        if self.pts.get(point.index()).is_none() {
             return Err(vec![crate::FieldError::new(
                 "",
                 format!("no point with id {}", point.0),
             )]);
+        }
+        let errs = limits.problems();
+        if errs.is_empty() { Ok(()) } else { Err(errs) }
+    }
+
+    /// Replace the limits of several points in one step: every entry is checked first
+    /// ([`Self::check_limits`]), and either all are applied or — when any entry fails, or
+    /// a point is listed twice — none. Called between two readings, no reading is ever
+    /// judged with some points of the batch changed and others not (a class change is
+    /// atomic). Errors name the point: `points.TAG.FIELD`. Per point, the effect is that
+    /// of [`Self::replace_limits`].
+    pub fn replace_limits_batch(
+        &mut self,
+        changes: &[(PointId, AlarmLimits)],
+    ) -> Result<(), Vec<crate::FieldError>> {
+        let mut errs = Vec::new();
+        let mut seen = std::collections::HashSet::with_capacity(changes.len());
+        for (point, limits) in changes {
+            let name = self
+                .table
+                .get(*point)
+                .map_or_else(|| format!("#{}", point.0), |p| p.tag.clone());
+            if !seen.insert(*point) {
+                errs.push(crate::FieldError::new(
+                    format!("points.{name}"),
+                    "listed twice in one change",
+                ));
+                continue;
+            }
+            if let Err(e) = self.check_limits(*point, limits) {
+                errs.extend(e.into_iter().map(|f| {
+                    let field = if f.field.is_empty() {
+                        format!("points.{name}")
+                    } else {
+                        format!("points.{name}.{}", f.field)
+                    };
+                    crate::FieldError::new(field, f.message)
+                }));
+            }
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        for (point, limits) in changes {
+            self.apply_point_limits(*point, limits);
+        }
+        Ok(())
+    }
+
+    /// Apply checked limits to one point (see [`Self::replace_limits`]).
+    fn apply_point_limits(&mut self, point: PointId, limits: &AlarmLimits) {
+        let Some(rt) = self.pts.get_mut(point.index()) else {
+            return;
         };
         for c in 0..4 {
             match rt.phase[c] {
@@ -1554,8 +1616,7 @@ impl Engine {
             }
         }
         rt.ptimers = 0;
-        apply_limits(rt, &limits, &mut self.roc, &mut self.flat);
-        Ok(())
+        apply_limits(rt, limits, &mut self.roc, &mut self.flat);
     }
 
     /// Resolve an alarm id (`TAG:HH`, `group/ID:VOTE_L1`, `device/ID:COMM_LOST`) to its slot.

@@ -77,3 +77,88 @@ fn roc_window_tracks_the_minimum() {
     // 3.0 was seen at 1 s; 90 s later it is out of the window (80 s + one 10 s bucket).
     assert_eq!(r.update(9.0, 91 * S), 1.0);
 }
+
+#[test]
+fn limits_batch_is_all_or_nothing() {
+    use crate::Gas;
+    let point = |i: u32| Point {
+        id: PointId(i),
+        tag: format!("GT-{i}"),
+        name: "methane".into(),
+        enterprise: "E1".into(),
+        device: None,
+        hazard_installation: None,
+        area: None,
+        kind: PointKind::Combustible,
+        gas: Some(Gas::Ch4),
+        unit: Unit::PercentLel,
+        range_lo: 0.0,
+        range_hi: 100.0,
+        limits: AlarmLimits {
+            h: Some(25.0),
+            hh: Some(50.0),
+            deadband: 2.0,
+            ..Default::default()
+        },
+        expected_interval: Duration::from_secs(3600),
+        location: None,
+    };
+    let table = Arc::new(PointTable::new(vec![point(0), point(1)]).expect("valid table"));
+    let mut e = Engine::new(table, EngineConfig::default(), Vec::new());
+    let at = |h: f64| AlarmLimits {
+        h: Some(h),
+        hh: Some(50.0),
+        deadband: 2.0,
+        ..Default::default()
+    };
+    // The second entry is inconsistent (h above hh), the third names no point.
+    let errs = e
+        .replace_limits_batch(&[
+            (PointId(0), at(40.0)),
+            (PointId(1), at(60.0)),
+            (PointId(9), at(40.0)),
+        ])
+        .expect_err("refused");
+    let fields: Vec<&str> = errs.iter().map(|f| f.field.as_str()).collect();
+    assert_eq!(fields, ["points.GT-1.h", "points.#9"], "{errs:?}");
+    let twice = e
+        .replace_limits_batch(&[(PointId(0), at(40.0)), (PointId(0), at(30.0))])
+        .expect_err("refused");
+    assert_eq!(twice[0].field, "points.GT-0");
+    assert!(e.check_limits(PointId(1), &at(40.0)).is_ok());
+    let reading = |i: u32, v: f64, s: i64| Reading {
+        point: PointId(i),
+        value: v,
+        unit: Unit::PercentLel,
+        quality: Quality::Good,
+        source_time: Timestamp(s * 1_000_000_000),
+        receive_time: Timestamp(s * 1_000_000_000),
+    };
+    let raised = |out: &[Event]| -> Vec<String> {
+        let mut v: Vec<String> = out
+            .iter()
+            .filter_map(|ev| match ev {
+                Event::Alarm(a) if a.kind == crate::alarm::EventKind::Activate => {
+                    Some(a.alarm.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    // Nothing changed: 30 %LEL is above the configured 25 on both points.
+    let mut out = Vec::new();
+    e.on_readings(&[reading(0, 30.0, 1), reading(1, 30.0, 1)], &mut out);
+    assert_eq!(raised(&out), ["GT-0:H", "GT-1:H"]);
+    // A valid batch applies to both: 35 is below 40 everywhere, both return.
+    e.replace_limits_batch(&[(PointId(0), at(40.0)), (PointId(1), at(40.0))])
+        .expect("valid batch");
+    out.clear();
+    e.on_readings(&[reading(0, 35.0, 2), reading(1, 35.0, 2)], &mut out);
+    let returned = out
+        .iter()
+        .filter(|ev| matches!(ev, Event::Alarm(a) if a.kind == crate::alarm::EventKind::Return))
+        .count();
+    assert_eq!(returned, 2, "{out:?}");
+}
