@@ -2,7 +2,9 @@
 //! a backtest preview on the recorded history, a class change (all combustible points of
 //! an enterprise) validated all-or-nothing with a mandatory reason and audited, versions
 //! that survive a restart and steer the restarted engine, restoring an earlier version,
-//! and the configuration file winning when it changed between runs.
+//! and the configuration file winning when it changed between runs; and stored limits
+//! judging the very first readings after a restart (readings the broker queued while the
+//! daemon was down, delivered the moment it subscribes again).
 
 mod console_common;
 
@@ -15,6 +17,8 @@ use parkguard_tests::servers::mosquitto;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const ENGINEER: &str = "zhang.gong";
@@ -288,12 +292,151 @@ async fn limits_preview_class_change_persist_restore_and_config_wins() -> Result
     Ok(())
 }
 
+/// The alarm history of `tag` from the journal (`/api/v1/alarms/history`).
+async fn alarm_history(api: &ApiClient, tag: &str) -> Result<Vec<Value>> {
+    api.get(&format!("/api/v1/alarms/history?point={tag}"))
+        .await?
+        .as_array()
+        .cloned()
+        .context("history array")
+}
+
+/// Limits changed through the API must judge the first readings after a restart — not
+/// the configuration file's for the moments before the API is up. GT-1's level-1 is
+/// lowered and GT-2's raised; while the daemon is down a reading between the configured
+/// and the stored level-1 is published for each (QoS 1: the broker keeps them for the
+/// daemon's persistent session and delivers them the moment it subscribes again, before
+/// its API even listens). The stored limits decide: GT-1 alarms at its stored level-1,
+/// GT-2 does not alarm at all (journal and live view).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_limits_judge_the_first_readings_after_a_restart() -> Result<()> {
+    let broker = Arc::new(mosquitto::start()?);
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    add_user(
+        &data.join("users.toml"),
+        ENGINEER,
+        "engineer",
+        ENGINEER_PASS,
+    )?;
+    let cfg = dir.path().join("park.toml");
+    std::fs::write(&cfg, config(&data, broker.port))?;
+
+    // ---- run 1: change both points' level-1 through the API.
+    let (pg, api, _) = start(&cfg, &dir.path().join("run1.log")).await?;
+    let set = |tag: &'static str, delta: f64| {
+        let api = &api;
+        async move {
+            let cur = api.get(&format!("/api/v1/limits/{tag}")).await?;
+            let mut l = cur["current"]["limits"].clone();
+            let h0 = l["h"].as_f64().context("configured h")?;
+            l["h"] = json!(h0 + delta);
+            let (st, body) = api
+                .send(
+                    Method::PUT,
+                    &format!("/api/v1/limits/{tag}"),
+                    &json!({"limits": l, "reason": "标定后复核", "expected_version": 1}),
+                )
+                .await?;
+            assert_eq!(st, 200, "{body}");
+            assert_eq!(body["version"], 2, "{body}");
+            anyhow::Ok(h0)
+        }
+    };
+    let h1 = set("GT-1", -5.0).await?;
+    let h2 = set("GT-2", 5.0).await?;
+    eprintln!(
+        "GT-1 level-1 {h1} -> {}, GT-2 level-1 {h2} -> {}",
+        h1 - 5.0,
+        h2 + 5.0
+    );
+    pg.stop()?;
+
+    // ---- while it is down: one reading each between the configured and the stored
+    // level-1, queued by the broker for the daemon's session.
+    publish(&broker, "GT-2", h2 + 2.0)?;
+    publish(&broker, "GT-1", h1 - 2.0)?;
+
+    // ---- run 2. GT-2 keeps getting such readings all through the start-up, until the
+    // API answers.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let (broker, stop) = (broker.clone(), stop.clone());
+        std::thread::spawn(move || -> Result<u32> {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                publish(&broker, "GT-2", h2 + 2.0)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+    };
+    let started = start(&cfg, &dir.path().join("run2.log")).await;
+    stop.store(true, Ordering::Relaxed);
+    let flooded = flood
+        .join()
+        .map_err(|_| anyhow::anyhow!("publisher thread panicked"))??;
+    let (pg, api, _) = started?;
+    eprintln!("{flooded} more GT-2 readings published during the start-up");
+    // GT-1: the stored (lowered) level-1 raised the alarm, at the stored limit.
+    let alarm = until("GT-1's alarm in the journal", async || {
+        Ok(alarm_history(&api, "GT-1").await?.first().cloned())
+    })
+    .await?;
+    eprintln!("GT-1 alarm: {alarm}");
+    assert_eq!(alarm["condition"], "h", "{alarm}");
+    assert_eq!(alarm["limit"], h1 - 5.0, "{alarm}");
+    assert_eq!(alarm["value"], h1 - 2.0, "{alarm}");
+    let live = until("GT-1's live alarm", async || {
+        active_alarm(&api, "GT-1").await
+    })
+    .await?;
+    assert_eq!(live["limit"], h1 - 5.0, "{live}");
+    // A marker published after every GT-2 reading: GT-1 back to 0. When its return shows,
+    // every GT-2 reading has been judged (one subscriber, in order).
+    publish(&broker, "GT-1", 0.0)?;
+    until("GT-1's return", async || {
+        let v = api.get("/api/v1/alarms/active").await?;
+        Ok(v.as_array()
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|a| a["point"] == "GT-1" && a["state"] == "rtn_unack")
+            })
+            .then_some(()))
+    })
+    .await?;
+    // GT-2 raised nothing, although every reading lay above its configured level-1.
+    let p = api.get("/api/v1/points/GT-2").await?;
+    assert_eq!(p["value"], h2 + 2.0, "{p}");
+    let history = alarm_history(&api, "GT-2").await?;
+    assert!(history.is_empty(), "GT-2 alarmed: {history:?}");
+    let active = api.get("/api/v1/alarms/active").await?;
+    assert!(
+        active
+            .as_array()
+            .is_some_and(|a| a.iter().all(|a| a["point"] != "GT-2")),
+        "{active}"
+    );
+    // The stored limits were applied before the engine started, not afterwards.
+    let log = pg.log();
+    let applied = log
+        .find("stored limits applied before the engine starts")
+        .context("start-up application logged")?;
+    let engine = log
+        .find("engine task started")
+        .context("engine start logged")?;
+    assert!(applied < engine, "{log}");
+    pg.stop()?;
+    Ok(())
+}
+
 /// The engineer's limits editor in headless Chromium over the real binary: preview a
 /// point's change on recorded history, change a class with a mandatory reason, restore an
 /// earlier version, and find the class change in the audit view.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engineer_previews_changes_a_class_and_restores_in_the_console() -> Result<()> {
-    let broker = mosquitto::start()?;
+    let broker = Arc::new(mosquitto::start()?);
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data)?;

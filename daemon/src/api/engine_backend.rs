@@ -243,6 +243,39 @@ impl EngineBackend {
         me
     }
 
+    /// Read from the journal what the snapshot lacks (activation value and limit, who
+    /// acknowledged) for alarms in `snap` whose activation this backend has not seen: those
+    /// raised after [`Self::new`] read the journal and before [`pump`] subscribed to the
+    /// engine's events — at start the engine judges its first readings (e.g. QoS 1
+    /// messages the broker kept) before the API is up. Once the journal has the
+    /// activation, the alarm is known and not looked up again.
+    fn fill_missing_extras(&self, snap: &Snapshot) {
+        let missing: Vec<String> = {
+            let g = lock(&self.shared);
+            snap.alarms
+                .iter()
+                .filter(|a| a.state != EState::Normal)
+                .filter(|a| g.extras.get(&a.alarm).is_none_or(|x| x.raised_ms.is_none()))
+                .map(|a| a.alarm.clone())
+                .collect()
+        };
+        if missing.is_empty() {
+            return;
+        }
+        let Some(j) = self.journal() else {
+            return;
+        };
+        for id in missing {
+            if let Ok(hist) = j.alarm_history(&id) {
+                for rec in hist {
+                    if let Some(a) = parse_alarm(rec.payload) {
+                        self.note_event(&a);
+                    }
+                }
+            }
+        }
+    }
+
     /// The parts (for the pump and `serve`).
     pub fn parts(&self) -> &BackendParts {
         &self.parts
@@ -1423,6 +1456,7 @@ impl ApiBackend for EngineBackend {
     fn alarms_active(&self) -> BoxFut<'_, Result<Vec<AlarmView>, BackendError>> {
         Box::pin(async move {
             let snap = self.snapshot();
+            self.fill_missing_extras(&snap);
             let mut v: Vec<AlarmView> = snap.alarms.iter().map(|a| self.alarm_view(a)).collect();
             // First alarm of the burst: the earliest unacknowledged one.
             if let Some(first) = v
