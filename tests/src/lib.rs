@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod loadgen;
 pub mod servers;
 
 /// A server process started for one test. Killed (SIGKILL) and reaped on drop; its temp

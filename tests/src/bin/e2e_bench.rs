@@ -43,6 +43,8 @@ use std::time::{Duration, Instant};
 const PARK: &str = "bench-park";
 /// Probe points (level-1 limit 25 %LEL); each probe alternates high and low on one of them.
 const PROBE_POINTS: usize = 20;
+/// The enterprise of the probe points: the only one routed to the MQTT alarm channel.
+const PROBE_ENTERPRISE: &str = "E2";
 
 #[derive(Clone, Debug)]
 struct Args {
@@ -304,6 +306,10 @@ batch_interval_ms = 200
 [[enterprise]]
 code = "E1"
 name = "一号企业"
+
+[[enterprise]]
+code = "{PROBE_ENTERPRISE}"
+name = "探针企业"
 "#
     )
 }
@@ -330,17 +336,36 @@ qos = {qos}
 "#,
         qos = a.qos
     );
+    // Every probe alarm goes to the MQTT alarm channel (the load's values never alarm).
+    let _ = write!(
+        c,
+        r#"
+[[channel]]
+type = "mqtt"
+name = "bench-bus"
+broker = "park"
+
+# Each probe alarm on its own message: the bench times single alarms, not a flood.
+[outbox]
+group_window = "0s"
+
+[[route]]
+name = "probes"
+enterprises = ["{PROBE_ENTERPRISE}"]
+channels = ["bench-bus"]
+"#
+    );
     let tags = (0..a.points)
-        .map(tag)
-        .chain((0..PROBE_POINTS).map(probe_tag));
-    for t in tags {
+        .map(|i| (tag(i), "E1"))
+        .chain((0..PROBE_POINTS).map(|i| (probe_tag(i), PROBE_ENTERPRISE)));
+    for (t, ent) in tags {
         let _ = write!(
             c,
             r#"
 [[point]]
 tag = "{t}"
 name = "{t}"
-enterprise = "E1"
+enterprise = "{ent}"
 kind = "combustible"
 gas = "ch4"
 unit = "%LEL"
@@ -410,15 +435,73 @@ async fn wait_stored(vm: &str, want: u64, patience: Duration) -> Result<(u64, In
 }
 
 // ---------------------------------------------------------------------------------------
-// Alarm latency over SSE
+// Alarm latency: to the MQTT alarm channel (what a linkage partner receives) and to SSE
+
+/// The two places an alarm is measured at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// The linkage MQTT channel's alarm message on the broker.
+    Mqtt,
+    /// The `alarm` event on the daemon's SSE stream (what the console sees).
+    Sse,
+}
+
+/// One probe crossing its limit, waiting for its alarm on each path.
+struct Pending {
+    at: Instant,
+    mqtt: bool,
+    sse: bool,
+}
 
 #[derive(Default)]
 struct Probes {
-    /// tag → when the probe crossing its limit was published.
-    pending: HashMap<String, Instant>,
-    latencies_us: Vec<u64>,
+    /// tag → the last probe that crossed its limit on that point.
+    pending: HashMap<String, Pending>,
+    mqtt_us: Vec<u64>,
+    sse_us: Vec<u64>,
     sent: usize,
-    skipped: usize,
+    /// Probes whose alarm had not arrived on a path when the point crossed again.
+    mqtt_missed: usize,
+    sse_missed: usize,
+}
+
+impl Probes {
+    fn arrived(&mut self, point: &str, path: Via, now: Instant) {
+        let Some(p) = self.pending.get_mut(point) else {
+            return;
+        };
+        let (done, lat) = match path {
+            Via::Mqtt => (&mut p.mqtt, &mut self.mqtt_us),
+            Via::Sse => (&mut p.sse, &mut self.sse_us),
+        };
+        if !*done {
+            *done = true;
+            lat.push(now.duration_since(p.at).as_micros() as u64);
+        }
+    }
+
+    fn crossed(&mut self, point: String, at: Instant) {
+        if let Some(old) = self.pending.insert(
+            point,
+            Pending {
+                at,
+                mqtt: false,
+                sse: false,
+            },
+        ) {
+            self.mqtt_missed += usize::from(!old.mqtt);
+            self.sse_missed += usize::from(!old.sse);
+        }
+        self.sent += 1;
+    }
+
+    fn unanswered(&self) -> (usize, usize) {
+        let open = |f: fn(&Pending) -> bool| self.pending.values().filter(|p| !f(p)).count();
+        (
+            self.mqtt_missed + open(|p| p.mqtt),
+            self.sse_missed + open(|p| p.sse),
+        )
+    }
 }
 
 /// Read the daemon's SSE stream and match `alarm` events to pending probes.
@@ -461,21 +544,63 @@ async fn sse_reader(
                 let Some(point) = v["point"].as_str() else {
                     continue;
                 };
-                let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(t0) = p.pending.remove(point) {
-                    p.latencies_us
-                        .push(now.duration_since(t0).as_micros() as u64);
-                }
+                probes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .arrived(point, Via::Sse, now);
             }
         }
         eprintln!("SSE stream ended; reconnecting");
     }
 }
 
+/// Subscribe to the linkage channel's alarm topic of the probe enterprise and match each
+/// alarm message to its pending probe (the topic's last segment is the tag).
+fn alarm_channel_reader(
+    port: u16,
+    probes: Arc<Mutex<Probes>>,
+    ready: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let mut o = rumqttc::MqttOptions::new(
+        format!("bench-alarms-{}", std::process::id()),
+        "127.0.0.1",
+        port,
+    );
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 100);
+    tokio::spawn(async move {
+        let topic = format!("parkguard/{PARK}/alarms/{PROBE_ENTERPRISE}/+");
+        loop {
+            match el.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe(topic.as_str(), rumqttc::QoS::AtMostOnce);
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    ready.store(true, Ordering::SeqCst);
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let now = Instant::now();
+                    if let Some(tag) = p.topic.rsplit('/').next() {
+                        probes.lock().unwrap_or_else(|e| e.into_inner()).arrived(
+                            tag,
+                            Via::Mqtt,
+                            now,
+                        );
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("alarm channel subscriber: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    })
+}
+
 fn mqtt_client(
     port: u16,
     name: &str,
-    qos: u8,
 ) -> (rumqttc::AsyncClient, tokio::task::JoinHandle<Result<u64>>) {
     let mut o =
         rumqttc::MqttOptions::new(format!("{name}-{}", std::process::id()), "127.0.0.1", port);
@@ -483,7 +608,6 @@ fn mqtt_client(
     o.set_keep_alive(Duration::from_secs(30));
     o.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut el) = rumqttc::AsyncClient::new(o, 10_000);
-    let _ = qos;
     // Counts PUBACKs until the client disconnects.
     let pump = tokio::spawn(async move {
         let mut acks = 0u64;
@@ -502,16 +626,9 @@ fn mqtt_client(
     (client, pump)
 }
 
-fn qos_of(q: u8) -> rumqttc::QoS {
-    if q == 0 {
-        rumqttc::QoS::AtMostOnce
-    } else {
-        rumqttc::QoS::AtLeastOnce
-    }
-}
-
 /// Probe loop: every `probe_ms`, one probe point goes above its level-1 limit or back
-/// under it. Returns the number of probe readings published.
+/// under it; each crossing upwards is a probe waiting for its alarm. Returns the number of
+/// probe readings published.
 async fn probe_loop(
     client: rumqttc::AsyncClient,
     probes: Arc<Mutex<Probes>>,
@@ -532,15 +649,11 @@ async fn probe_loop(
         // Distinct, increasing source times per point (VictoriaMetrics keeps ms).
         let ts = now_ms().max(last_ts + 1);
         last_ts = ts;
-        {
-            let mut p = probes.lock().unwrap_or_else(|e| e.into_inner());
-            if p.pending.contains_key(&point) {
-                // The previous event of this point never came: counted, not overwritten.
-                p.skipped += 1;
-            } else {
-                p.pending.insert(point.clone(), Instant::now());
-                p.sent += 1;
-            }
+        if high {
+            probes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .crossed(point.clone(), Instant::now());
         }
         let payload = format!(r#"{{"value":{value},"ts":{ts}}}"#);
         client
@@ -554,6 +667,55 @@ async fn probe_loop(
         published += 1;
     }
     Ok(published)
+}
+
+/// The load: `total` readings round-robin over `points`, at `rate` per second (0 = as fast
+/// as the broker takes them), from a thread of its own with the low-overhead publisher
+/// ([`parkguard_tests::loadgen`]). `progress` counts what was written to the socket.
+fn load_thread(
+    port: u16,
+    qos: u8,
+    points: usize,
+    total: usize,
+    rate: f64,
+    progress: Arc<std::sync::atomic::AtomicUsize>,
+) -> std::thread::JoinHandle<Result<u64>> {
+    std::thread::spawn(move || {
+        let mut p = parkguard_tests::loadgen::Publisher::connect(
+            port,
+            &format!("bench-load-{}", std::process::id()),
+            qos,
+        )?;
+        let topics: Vec<String> = (0..points).map(|i| format!("gw/{}", tag(i))).collect();
+        let base_ms = now_ms();
+        let t0 = Instant::now();
+        let tick = Duration::from_millis(10);
+        let mut i = 0usize;
+        let mut payload = String::with_capacity(64);
+        while i < total {
+            let upto = if rate > 0.0 {
+                // Readings due by the end of the next 10 ms tick.
+                let due = ((t0.elapsed() + tick).as_secs_f64() * rate) as usize;
+                due.min(total)
+            } else {
+                (i + 1000).min(total)
+            };
+            while i < upto {
+                let k = (i / points) as i64;
+                let v = ((i / points) % 200) as f64 * 0.1;
+                payload.clear();
+                let _ = write!(payload, r#"{{"value":{v:.1},"ts":{}}}"#, base_ms + k);
+                p.publish(&topics[i % points], payload.as_bytes())?;
+                i += 1;
+            }
+            p.flush()?;
+            progress.store(i, Ordering::Release);
+            if rate > 0.0 {
+                std::thread::sleep(tick);
+            }
+        }
+        p.finish(Duration::from_secs(600))
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -587,14 +749,13 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
         probes.clone(),
         sse_ready.clone(),
     ));
-    while !sse_ready.load(Ordering::SeqCst) {
+    let alarms_ready = Arc::new(AtomicBool::new(false));
+    let alarms = alarm_channel_reader(broker.port, probes.clone(), alarms_ready.clone());
+    while !sse_ready.load(Ordering::SeqCst) || !alarms_ready.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let (load, load_pump) = mqtt_client(broker.port, "bench-load", a.qos);
-    let (probe, probe_pump) = mqtt_client(broker.port, "bench-probe", 1);
-    let topics: Vec<String> = (0..a.points).map(|i| format!("gw/{}", tag(i))).collect();
-    let base_ms = now_ms();
+    let (probe, probe_pump) = mqtt_client(broker.port, "bench-probe");
     let total = match a.scenario.as_str() {
         "burst" => a.readings,
         _ => (a.rate * a.seconds as f64).round() as usize,
@@ -609,35 +770,22 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
 
     let cpu0 = daemon.cpu()?;
     let t0 = Instant::now();
+    let progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let load = load_thread(
+        broker.port,
+        a.qos,
+        a.points,
+        total,
+        a.rate,
+        progress.clone(),
+    );
     let mut rss_samples: Vec<(f64, f64)> = Vec::new();
     let mut outage_done = a.outage == 0;
     let outage_at = Duration::from_secs(a.seconds.saturating_sub(a.outage) / 2);
     let mut in_outage: Option<Instant> = None;
-    let q = qos_of(a.qos);
-    let per_tick = a.rate / 100.0;
-    let mut credit = 0.0f64;
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut next_report = Duration::from_secs(10);
-    let mut i = 0usize;
-    while i < total {
-        let batch = if a.rate > 0.0 {
-            tick.tick().await;
-            credit += per_tick;
-            let n = credit.floor() as usize;
-            credit -= n as f64;
-            n
-        } else {
-            1000
-        };
-        for _ in 0..batch.min(total - i) {
-            let p = i % a.points;
-            let k = (i / a.points) as i64;
-            let v = ((i / a.points) % 200) as f64 * 0.1;
-            let payload = format!(r#"{{"value":{v:.1},"ts":{}}}"#, base_ms + k);
-            load.publish(topics[p].as_str(), q, false, payload).await?;
-            i += 1;
-        }
+    while !load.is_finished() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let el = t0.elapsed();
         if a.outage > 0 && !outage_done {
             match in_outage {
@@ -660,25 +808,31 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
                 _ => {}
             }
         }
-        if a.rate > 0.0 && el >= next_report {
+        if el >= next_report {
             next_report += Duration::from_secs(10);
             let rss = daemon.mem_mib("VmRSS")?;
             rss_samples.push((el.as_secs_f64(), rss));
             let spool = dir_size(&dir_path.join("data").join("spool"));
             println!(
-                "[{:>5.0} s] published {i}, daemon CPU {:.1} s, RSS {rss:.1} MiB, spool {:.1} MiB",
+                "[{:>5.0} s] published {}, daemon CPU {:.1} s, RSS {rss:.1} MiB, spool {:.1} MiB",
                 el.as_secs_f64(),
+                progress.load(Ordering::Acquire),
                 daemon.cpu()? - cpu0,
                 spool as f64 / (1 << 20) as f64
             );
         }
     }
+    let acked = load
+        .join()
+        .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
     let publish_secs = t0.elapsed().as_secs_f64();
     stop_probes.store(true, Ordering::SeqCst);
     let probe_published = probe_task.await??;
     println!(
-        "published {total} readings in {publish_secs:.2} s ({:.0}/s) + {probe_published} probe readings",
-        total as f64 / publish_secs
+        "published {total} readings in {publish_secs:.2} s ({:.0}/s; {} PUBACKs at QoS {}) + {probe_published} probe readings",
+        total as f64 / publish_secs,
+        acked,
+        a.qos
     );
     let want = (total as u64) + probe_published;
     let (count, last_growth) = wait_stored(&vm_url, want, Duration::from_secs(20)).await?;
@@ -689,16 +843,9 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
     // Give the last probe events time to arrive, then close the books.
     tokio::time::sleep(Duration::from_millis(500)).await;
     sse.abort();
+    alarms.abort();
     let p = std::mem::take(&mut *probes.lock().unwrap_or_else(|e| e.into_inner()));
-    let mut lat = p.latencies_us.clone();
-    lat.sort_unstable();
-    let pct = |q: f64| -> f64 {
-        if lat.is_empty() {
-            f64::NAN
-        } else {
-            lat[((lat.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0
-        }
-    };
+    let (mqtt_open, sse_open) = p.unanswered();
     println!("--- {} results ---", a.scenario);
     println!(
         "stored in VictoriaMetrics: {count}/{want} readings, loss {}",
@@ -720,24 +867,39 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
             first.1, first.0, last.1, last.0
         );
     }
-    println!(
-        "alarm latency publish → SSE `alarm` event ({} probes, {} answered, {} unanswered at the next use): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        p.sent,
-        lat.len(),
-        p.skipped + p.pending.len(),
-        pct(0.5),
-        pct(0.99),
-        lat.last().map(|&x| x as f64 / 1000.0).unwrap_or(f64::NAN)
-    );
+    for (what, lat, open) in [
+        (
+            "publish → alarm message on the MQTT alarm channel",
+            p.mqtt_us,
+            mqtt_open,
+        ),
+        ("publish → SSE `alarm` event", p.sse_us, sse_open),
+    ] {
+        let mut lat = lat;
+        lat.sort_unstable();
+        let pct = |q: f64| -> f64 {
+            if lat.is_empty() {
+                f64::NAN
+            } else {
+                lat[((lat.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0
+            }
+        };
+        println!(
+            "alarm latency {what} ({} probes, {} answered, {open} not answered): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            p.sent,
+            lat.len(),
+            pct(0.5),
+            pct(0.99),
+            lat.last().map(|&x| x as f64 / 1000.0).unwrap_or(f64::NAN)
+        );
+    }
     if a.outage > 0 {
         println!(
             "spool after the run: {:.1} MiB on disk",
             dir_size(&dir_path.join("data").join("spool")) as f64 / (1 << 20) as f64
         );
     }
-    let _ = load.disconnect().await;
     let _ = probe.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), load_pump).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), probe_pump).await;
     if a.keep {
         println!("(--keep) daemon dir kept: {}", dir_path.display());

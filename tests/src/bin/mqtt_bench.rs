@@ -32,10 +32,7 @@ fn main() -> Result<()> {
         let port: u16 = args.get(2).context("port")?.parse()?;
         let qos: u8 = args.get(3).context("qos")?.parse()?;
         let n: usize = args.get(4).context("count")?.parse()?;
-        return tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(publisher(port, qos, n));
+        return publisher(port, qos, n);
     }
     let n: usize = match args.get(1) {
         Some(a) => a.parse().context("MESSAGES must be a number")?,
@@ -267,54 +264,28 @@ async fn run(qos: u8, n: usize, backlog: bool) -> Result<()> {
     Ok(())
 }
 
-async fn publisher(port: u16, qos: u8, n: usize) -> Result<()> {
-    let mut o = rumqttc::MqttOptions::new(
-        format!("bench-pub-{}", std::process::id()),
-        "127.0.0.1",
+/// The load: pre-encoded PUBLISH packets written many per syscall
+/// ([`parkguard_tests::loadgen`]), so the publisher leaves the cores to the broker and the
+/// subscriber.
+fn publisher(port: u16, qos: u8, n: usize) -> Result<()> {
+    let mut p = parkguard_tests::loadgen::Publisher::connect(
         port,
-    );
-    o.set_inflight(1000);
-    o.set_keep_alive(Duration::from_secs(30));
-    let (client, mut el) = rumqttc::AsyncClient::new(o, 10_000);
-    let q = if qos == 0 {
-        rumqttc::QoS::AtMostOnce
-    } else {
-        rumqttc::QoS::AtLeastOnce
-    };
+        &format!("bench-pub-{}", std::process::id()),
+        qos,
+    )?;
     let topics: Vec<String> = (0..POINTS).map(|i| format!("bench/X-{i:04}")).collect();
-    let pump = tokio::spawn(async move {
-        let mut acks = 0usize;
-        loop {
-            match el.poll().await {
-                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
-                    acks += 1;
-                    if acks == n {
-                        return Ok(());
-                    }
-                }
-                Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(anyhow::anyhow!("publisher connection: {e}")),
-            }
-        }
-    });
     let base_ms = 1_764_144_000_000i64;
     for i in 0..n {
-        let p = i % POINTS;
+        let k = i % POINTS;
         let v = (i / POINTS) as f64 * 0.01 % 20.0;
         let payload = json_payload(
-            &topics[p][6..],
+            &topics[k][6..],
             v,
             Unit::PercentLel,
             base_ms + (i / POINTS) as i64,
         );
-        client
-            .publish(topics[p].as_str(), q, false, payload)
-            .await?;
+        p.publish(&topics[k], &payload)?;
     }
-    if qos == 0 {
-        client.disconnect().await?;
-    }
-    pump.await??;
+    p.finish(Duration::from_secs(120))?;
     Ok(())
 }
