@@ -579,3 +579,224 @@ async fn mqtt5_broker_withholds_packets_over_max_packet_size() -> Result<()> {
     run.stop().await;
     Ok(())
 }
+
+/// Acknowledge only when durable, over MQTT 5: a batch whose `done` is dropped (the spool
+/// could not store it) leaves its messages unacknowledged; the subscriber reconnects and
+/// the broker delivers them again; once stored they are acknowledged and never come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_acknowledges_only_durable_batches() -> Result<()> {
+    use parkguard_drivers::mqtt::{DurableBatch, spawn_subscriber_with};
+    let server = mosquitto::start()?;
+    let broker = broker_v5(&server, serde_json::json!({}));
+    let sub_cfg =
+        serde_json::json!({"broker":"park","topic":"u/+","format":"number","tag_segment":1});
+    let stats = Arc::new(MqttStats::new());
+    let stop = CancellationToken::new();
+    // Test channel: bounded like the daemon's; the test plays the spool.
+    let (tx, mut rx) = mpsc::channel::<DurableBatch>(16);
+    let task = spawn_subscriber_with(
+        broker.clone(),
+        subs(std::slice::from_ref(&sub_cfg)),
+        table(),
+        tx,
+        stats.clone(),
+        stop.clone(),
+    )?;
+    wait_for("connected", Duration::from_secs(10), || {
+        stats.connected.load(Relaxed)
+    })
+    .await?;
+    // The subscription is active once a probe comes through (stored).
+    let mut stored = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        pub5(&server, "u/AT-101", "-1")?;
+        if let Ok(Some(b)) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+            let _ = b.done.send(());
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "subscription never became active"
+        );
+    }
+    for i in 0..20 {
+        pub5(&server, "u/AT-101", &i.to_string())?;
+    }
+    // The first batch with data cannot be stored: `done` dropped.
+    let first = loop {
+        let b = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await?
+            .context("subscriber stopped")?;
+        if !values(&b.readings).is_empty() {
+            break b;
+        }
+        let _ = b.done.send(());
+    };
+    let refused = values(&first.readings);
+    drop(first.done);
+    // Everything comes again after the reconnect; now it is stored.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (0..20).any(|i| !stored.contains(&i)) {
+        anyhow::ensure!(Instant::now() < deadline, "not redelivered: {stored:?}");
+        if let Ok(Some(b)) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+            stored.extend(values(&b.readings));
+            let _ = b.done.send(());
+        }
+    }
+    assert!(refused.iter().all(|v| stored.contains(v)));
+    assert_eq!(stats.not_durable.load(Relaxed), 1);
+    assert!(
+        stats.connects.load(Relaxed) >= 2,
+        "reconnected for redelivery"
+    );
+    wait_for("all acknowledged", Duration::from_secs(10), || {
+        stats.acked.load(Relaxed) >= 21
+    })
+    .await?;
+    stop.cancel();
+    task.await?;
+    // Stored and acknowledged: a new subscriber gets none of them again.
+    let mut run = start(&broker, subs(&[sub_cfg]), 16);
+    probe(&server, &mut run, "u/AT-101", "-1").await?;
+    let again = collect(&mut run.rx, 1, Duration::from_millis(500)).await;
+    assert!(values(&again).is_empty(), "redelivered: {again:?}");
+    run.stop().await;
+    Ok(())
+}
+
+/// TLS with a test CA and a client certificate over MQTT 5; a Sparkplug B node parkguard
+/// does not know is asked to rebirth (a QoS 0 publish of the subscriber, over v5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_over_tls_with_sparkplug_rebirth() -> Result<()> {
+    use parkguard_drivers::mqtt::sparkplug::{Metric, MetricValue, Payload, datatype};
+    use parkguard_tests::servers::mosquitto::MosquittoTls;
+    let pki_dir = tempfile::tempdir()?;
+    let pki = mosquitto::make_pki(pki_dir.path())?;
+    let server = mosquitto::start_with(&MosquittoOptions {
+        tls: Some(MosquittoTls {
+            ca: pki.ca.clone(),
+            cert: pki.server_cert.clone(),
+            key: pki.server_key.clone(),
+            require_client_cert: true,
+        }),
+        extra: String::new(),
+    })?;
+    let broker = broker_v5(
+        &server,
+        serde_json::json!({"tls": {"ca_file": pki.ca, "client_cert_file": pki.client_cert,
+            "client_key_file": pki.client_key}}),
+    );
+    let s = subs(&[
+        serde_json::json!({"broker":"park","topic":"spBv1.0/park/#","format":"sparkplug_b"}),
+    ]);
+    let mut run = start(&broker, s, 16);
+    // An independent MQTT 5 TLS client: mosquitto_pub / mosquitto_sub with the test PKI.
+    let tls_args = |cmd: &mut std::process::Command| {
+        cmd.args(["-V", "5", "-h", "127.0.0.1", "-p", &server.port.to_string()])
+            .arg("--cafile")
+            .arg(&pki.ca)
+            .arg("--cert")
+            .arg(&pki.client_cert)
+            .arg("--key")
+            .arg(&pki.client_key);
+    };
+    let publish = |topic: &str, payload: &[u8]| -> Result<()> {
+        let file = tempfile::NamedTempFile::new()?;
+        std::fs::write(file.path(), payload)?;
+        let mut cmd = std::process::Command::new("mosquitto_pub");
+        tls_args(&mut cmd);
+        let out = cmd
+            .args(["-t", topic, "-q", "1", "-f"])
+            .arg(file.path())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    let metric = |name: Option<&str>, alias: Option<u64>, v: f32| Metric {
+        name: name.map(String::from),
+        alias,
+        timestamp: None,
+        datatype: Some(datatype::FLOAT),
+        is_historical: None,
+        is_transient: None,
+        is_null: None,
+        value: Some(MetricValue::FloatValue(v)),
+    };
+    let payload = |seq: u64, metrics: Vec<Metric>| {
+        prost::Message::encode_to_vec(&Payload {
+            timestamp: Some(1_764_144_000_000),
+            metrics,
+            seq: Some(seq),
+            uuid: None,
+            body: None,
+        })
+    };
+    // NDATA by name until one arrives: connected over TLS, subscribed.
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        publish(
+            "spBv1.0/park/NDATA/gw1",
+            &payload(0, vec![metric(Some("PT-201"), None, 0.5)]),
+        )?;
+        got = collect(&mut run.rx, 1, Duration::from_millis(300)).await;
+        if !got.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        got.first().map(|r| (r.point, r.value)),
+        Some((PointId(2), 0.5))
+    );
+    assert!(connected_with_v5(&server, &broker.client_id, false));
+
+    // Data by alias from a node whose birth parkguard never saw: an NCMD rebirth request.
+    let mut watch = std::process::Command::new("stdbuf");
+    watch.args(["-oL", "mosquitto_sub"]);
+    tls_args(&mut watch);
+    let mut child = watch
+        .args([
+            "-t",
+            "spBv1.0/park/NCMD/#",
+            "-C",
+            "1",
+            "-F",
+            "%t %x",
+            "-W",
+            "20",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut node = 0;
+    while child.try_wait()?.is_none() && Instant::now() < deadline {
+        node += 1;
+        // Repeated: the watcher may not have subscribed yet (rebirths are rate-limited
+        // per node, so each attempt uses a new node id).
+        publish(
+            &format!("spBv1.0/park/NDATA/gw9-{node}"),
+            &payload(9, vec![metric(None, Some(5), 1.0)]),
+        )?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let out = child.wait_with_output()?;
+    let line = String::from_utf8_lossy(&out.stdout);
+    let (topic, hex) = line
+        .trim()
+        .split_once(' ')
+        .context("no rebirth request seen")?;
+    assert!(topic.starts_with("spBv1.0/park/NCMD/gw9-"), "{topic}");
+    let bytes: Vec<u8> = (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+        .collect();
+    let cmd: Payload = prost::Message::decode(bytes.as_slice())?;
+    assert_eq!(cmd.metrics[0].name.as_deref(), Some("Node Control/Rebirth"));
+    assert_eq!(cmd.metrics[0].value, Some(MetricValue::BooleanValue(true)));
+    run.stop().await;
+    Ok(())
+}
