@@ -51,9 +51,10 @@ pub trait Connection: Send + 'static {
     fn subscribe(&self, subs: &[Subscription]) -> Result<(), String>;
     /// Queue a QoS 0 publish (a Sparkplug rebirth request); fails when the queue is full.
     fn publish_qos0(&self, topic: String, payload: Vec<u8>) -> Result<(), String>;
-    /// Acknowledge these QoS 1 packet ids, in this order. `Err`: the connection broke and
-    /// was dropped (the broker redelivers what was not acknowledged).
-    fn ack(&mut self, pkids: Vec<u16>) -> impl Future<Output = Result<(), String>> + Send;
+    /// Acknowledge these QoS 1 packet ids, in this order; returns how many were written
+    /// (v4) or queued for writing (v5), 0 when there is no connection. `Err`: the
+    /// connection broke and was dropped (the broker redelivers what was not acknowledged).
+    fn ack(&mut self, pkids: Vec<u16>) -> impl Future<Output = Result<usize, String>> + Send;
     /// Drop the connection now (the next poll reconnects); acks not yet written are lost,
     /// so the broker delivers those messages again.
     fn drop_connection(&mut self);
@@ -122,11 +123,12 @@ impl Connection for V4 {
     }
 
     /// PUBACKs go straight into the socket's write buffer, flushed once for all of them.
-    async fn ack(&mut self, pkids: Vec<u16>) -> Result<(), String> {
+    async fn ack(&mut self, pkids: Vec<u16>) -> Result<usize, String> {
         let el = &mut self.el;
         let Some(net) = el.network.as_mut() else {
-            return Ok(());
+            return Ok(0);
         };
+        let n = pkids.len();
         let mut result = Ok(());
         for pkid in pkids {
             match el
@@ -149,7 +151,7 @@ impl Connection for V4 {
         if result.is_ok() {
             result = net.flush().await;
         }
-        result.map_err(|e| {
+        result.map(|()| n).map_err(|e| {
             el.clean();
             e.to_string()
         })
@@ -283,10 +285,11 @@ impl Connection for V5 {
     }
 
     /// Queued in order; the event loop writes them as it polls.
-    async fn ack(&mut self, pkids: Vec<u16>) -> Result<(), String> {
+    async fn ack(&mut self, pkids: Vec<u16>) -> Result<usize, String> {
+        let n = pkids.len();
         self.unsent.extend(pkids);
         self.queue_acks();
-        Ok(())
+        Ok(n)
     }
 
     fn drop_connection(&mut self) {

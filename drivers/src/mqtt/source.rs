@@ -581,11 +581,9 @@ impl<H: Handover> Subscriber<H> {
         if pkids.is_empty() {
             return;
         }
-        let n = pkids.len() as u64;
-        let result = el.ack(pkids).await;
-        match result {
-            Ok(()) => {
-                self.stats.acked.fetch_add(n, Relaxed);
+        match el.ack(pkids).await {
+            Ok(n) => {
+                self.stats.acked.fetch_add(n as u64, Relaxed);
             }
             Err(e) => {
                 // The connection broke: drop it; the next poll reconnects and the broker
