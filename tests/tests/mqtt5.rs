@@ -165,19 +165,27 @@ fn pub5(server: &Server, topic: &str, payload: &str) -> Result<()> {
 }
 
 /// Publish probes (value -1) until one reaches the subscriber (the subscription is
-/// active), then drain late probes (300 ms of quiet).
-async fn probe(server: &Server, run: &mut Running, topic: &str, payload: &str) -> Result<()> {
+/// active), then drain late probes (300 ms of quiet). Returns everything received
+/// meanwhile, probes included.
+async fn probe(
+    server: &Server,
+    run: &mut Running,
+    topic: &str,
+    payload: &str,
+) -> Result<Vec<Reading>> {
+    let mut seen = Vec::new();
     for _ in 0..30 {
         pub5(server, topic, payload)?;
-        if !collect(&mut run.rx, 1, Duration::from_secs(1))
-            .await
-            .is_empty()
-        {
-            while !collect(&mut run.rx, 1, Duration::from_millis(300))
-                .await
-                .is_empty()
-            {}
-            return Ok(());
+        let got = collect(&mut run.rx, 1, Duration::from_secs(1)).await;
+        if !got.is_empty() {
+            seen.extend(got);
+            loop {
+                let late = collect(&mut run.rx, 1, Duration::from_millis(300)).await;
+                if late.is_empty() {
+                    return Ok(seen);
+                }
+                seen.extend(late);
+            }
         }
     }
     bail!("subscription never became active")
@@ -375,9 +383,13 @@ async fn persistent_session_over_mqtt5_delivers_everything_published_while_away(
     run.stop().await;
     // The acknowledgements reached the broker: a restarted subscriber gets none again.
     let mut run = start(&broker, subs(&[sub_cfg]), 16);
-    probe(&server, &mut run, "s/AT-101", "-1").await?;
-    let again = collect(&mut run.rx, 1, Duration::from_millis(500)).await;
-    assert!(values(&again).is_empty(), "redelivered: {again:?}");
+    let mut again = probe(&server, &mut run, "s/AT-101", "-1").await?;
+    again.extend(collect(&mut run.rx, 1, Duration::from_millis(500)).await);
+    assert!(
+        values(&again).is_empty(),
+        "redelivered: {:?}",
+        values(&again)
+    );
     run.stop().await;
     assert!(connected_with_v5(&server, &broker.client_id, false));
     assert!(
@@ -401,10 +413,9 @@ async fn clean_mqtt5_session_keeps_nothing_while_away() -> Result<()> {
     run.stop().await;
     publish_all(&broker, "s/AT-101", 0..50).await?;
     let mut run = start(&broker, subs(&[sub_cfg]), 16);
-    probe(&server, &mut run, "s/AT-101", "-1").await?;
-    // Whatever arrived before the probe was drained by it; nothing of 0..50 may be there.
-    let late = collect(&mut run.rx, 1, Duration::from_millis(500)).await;
-    assert!(values(&late).is_empty(), "{late:?}");
+    let mut seen = probe(&server, &mut run, "s/AT-101", "-1").await?;
+    seen.extend(collect(&mut run.rx, 1, Duration::from_millis(500)).await);
+    assert!(values(&seen).is_empty(), "kept: {:?}", values(&seen));
     assert!(connected_with_v5(&server, &broker.client_id, true));
     run.stop().await;
     Ok(())
@@ -658,9 +669,13 @@ async fn mqtt5_acknowledges_only_durable_batches() -> Result<()> {
     task.await?;
     // Stored and acknowledged: a new subscriber gets none of them again.
     let mut run = start(&broker, subs(&[sub_cfg]), 16);
-    probe(&server, &mut run, "u/AT-101", "-1").await?;
-    let again = collect(&mut run.rx, 1, Duration::from_millis(500)).await;
-    assert!(values(&again).is_empty(), "redelivered: {again:?}");
+    let mut again = probe(&server, &mut run, "u/AT-101", "-1").await?;
+    again.extend(collect(&mut run.rx, 1, Duration::from_millis(500)).await);
+    assert!(
+        values(&again).is_empty(),
+        "redelivered: {:?}",
+        values(&again)
+    );
     run.stop().await;
     Ok(())
 }

@@ -58,11 +58,19 @@ pub trait Connection: Send + 'static {
     /// Drop the connection now (the next poll reconnects); acks not yet written are lost,
     /// so the broker delivers those messages again.
     fn drop_connection(&mut self);
-    /// At shutdown: write the acknowledgements still queued (at most `within`), so that the
-    /// broker does not deliver those messages again after the restart.
+    /// At shutdown: write the acknowledgements still queued, send DISCONNECT and wait
+    /// (at most `within`) until the broker closed the connection. The broker reads a
+    /// connection in order, so it has then taken every acknowledgement: closing the socket
+    /// alone is not enough (mosquitto may not have read the last PUBACKs when a restarted
+    /// parkguard takes the session over, and delivers those messages again). Messages
+    /// arriving meanwhile are neither handed over nor acknowledged: they come again.
     fn finish(&mut self, within: std::time::Duration) -> impl Future<Output = ()> + Send;
-    /// Ask for a clean disconnect (best effort, at shutdown).
-    fn disconnect(&self);
+}
+
+/// Poll `conn` until the broker closes the connection, or `within` passed.
+async fn drain_until_closed<C: Connection>(conn: &mut C, within: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while let Ok(Ok(_)) = tokio::time::timeout_at(deadline, conn.poll()).await {}
 }
 
 /// MQTT 3.1.1 (`rumqttc`'s v4 event loop).
@@ -161,11 +169,11 @@ impl Connection for V4 {
         self.el.clean();
     }
 
-    /// Nothing to do: acks are written when issued.
-    async fn finish(&mut self, _within: std::time::Duration) {}
-
-    fn disconnect(&self) {
-        let _ = self.client.try_disconnect();
+    async fn finish(&mut self, within: std::time::Duration) {
+        // Acks are written when issued; only a live connection is closed.
+        if self.el.network.is_some() && self.client.try_disconnect().is_ok() {
+            drain_until_closed(self, within).await;
+        }
     }
 }
 
@@ -178,8 +186,8 @@ pub struct V5 {
     /// PUBACKs that did not fit into the request channel yet, in order. Bounded by the
     /// broker's in-flight window (it sends no more unacknowledged QoS 1 messages).
     unsent: VecDeque<u16>,
-    /// PUBACKs in rumqttc's request channel, not yet written.
-    in_channel: usize,
+    /// Connected (CONNACK seen, no error since).
+    connected: bool,
 }
 
 impl V5 {
@@ -189,7 +197,7 @@ impl V5 {
             client,
             el,
             unsent: VecDeque::new(),
-            in_channel: 0,
+            connected: false,
         }
     }
 
@@ -206,7 +214,6 @@ impl V5 {
             if self.client.try_ack(&p).is_err() {
                 break;
             }
-            self.in_channel += 1;
             self.unsent.pop_front();
         }
     }
@@ -229,9 +236,12 @@ impl Connection for V5 {
                 },
                 payload: p.payload,
             }),
-            Ok(Event::Incoming(Packet::ConnAck(a))) => Ok(Incoming::ConnAck {
-                session_present: a.session_present,
-            }),
+            Ok(Event::Incoming(Packet::ConnAck(a))) => {
+                self.connected = true;
+                Ok(Incoming::ConnAck {
+                    session_present: a.session_present,
+                })
+            }
             Ok(Event::Incoming(Packet::SubAck(a))) => Ok(Incoming::SubAck(
                 a.return_codes
                     .iter()
@@ -240,15 +250,11 @@ impl Connection for V5 {
                     .map(|(i, c)| (i, format!("{c:?}")))
                     .collect(),
             )),
-            Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_))) => {
-                self.in_channel = self.in_channel.saturating_sub(1);
-                Ok(Incoming::Other)
-            }
             Ok(_) => Ok(Incoming::Other),
             Err(e) => {
                 // rumqttc dropped the PUBACKs still in its channel; these go too.
                 self.unsent.clear();
-                self.in_channel = 0;
+                self.connected = false;
                 Err(e.to_string())
             }
         }
@@ -294,23 +300,26 @@ impl Connection for V5 {
 
     fn drop_connection(&mut self) {
         self.unsent.clear();
-        self.in_channel = 0;
+        self.connected = false;
         self.el.clean();
     }
 
-    /// Poll until the queued PUBACKs are written. Messages that arrive meanwhile are not
-    /// handed over (nor acknowledged): the broker delivers them again.
     async fn finish(&mut self, within: std::time::Duration) {
+        // The DISCONNECT queues behind the PUBACKs in rumqttc's request channel (those
+        // still in `unsent` are moved on at each poll, before it).
+        self.queue_acks();
+        if !self.connected {
+            return;
+        }
         let deadline = tokio::time::Instant::now() + within;
-        while self.in_channel > 0 || !self.unsent.is_empty() {
+        // Each poll moves waiting PUBACKs on; the DISCONNECT goes in once they all are
+        // and the channel has room.
+        while !self.unsent.is_empty() || self.client.try_disconnect().is_err() {
             match tokio::time::timeout_at(deadline, self.poll()).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(_)) | Err(_) => break,
+                Ok(Err(_)) | Err(_) => return,
             }
         }
-    }
-
-    fn disconnect(&self) {
-        let _ = self.client.try_disconnect();
+        drain_until_closed(self, within).await;
     }
 }

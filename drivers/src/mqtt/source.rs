@@ -403,12 +403,11 @@ impl<H: Handover> Subscriber<H> {
                 lingering = true;
             }
         }
-        // Acknowledgements of durable batches still queued go out now (MQTT 5); what is not
-        // durable yet stays unacknowledged and comes again.
+        // Acknowledgements already issued reach the broker before the connection closes;
+        // what is not durable yet stays unacknowledged and comes again.
         self.pending.clear();
-        el.finish(Duration::from_millis(500)).await;
+        el.finish(Duration::from_secs(1)).await;
         self.stats.connected.store(false, Relaxed);
-        el.disconnect();
         info!("mqtt subscriber stopped");
     }
 
