@@ -831,3 +831,56 @@ async fn mqtt5_over_tls_with_sparkplug_rebirth() -> Result<()> {
     run.stop().await;
     Ok(())
 }
+
+/// Username and password over MQTT 5: the right password connects; a wrong one is refused
+/// (CONNACK reason code) and retried with the back-off, never a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_username_and_password() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let users = dir.path().join("users");
+    let out = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&users)
+        .args(["parkguard", "s3cret 密码"])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = mosquitto::start_with(&MosquittoOptions {
+        tls: None,
+        extra: format!("password_file {}\n", users.display()),
+    })?;
+    let s = subs(&[
+        serde_json::json!({"broker":"park","topic":"p/+","format":"number","tag_segment":1}),
+    ]);
+    let pw_file = dir.path().join("pw");
+    std::fs::write(&pw_file, "s3cret 密码\n")?;
+    let good = broker_v5(
+        &server,
+        serde_json::json!({"username": "parkguard", "password_file": pw_file}),
+    );
+    let mut run = start(&good, s.clone(), 16);
+    probe(&server, &mut run, "p/AT-101", "-1").await?;
+    run.stop().await;
+
+    let wrong_file = dir.path().join("wrong");
+    std::fs::write(&wrong_file, "guess\n")?;
+    let mut wrong = broker_v5(
+        &server,
+        serde_json::json!({"username": "parkguard", "password_file": wrong_file}),
+    );
+    wrong.client_id.push_str("-wrong");
+    let run = start(&wrong, s, 16);
+    wait_for(
+        "refused connections counted",
+        Duration::from_secs(10),
+        || run.stats.connection_errors.load(Relaxed) >= 2,
+    )
+    .await?;
+    assert_eq!(run.stats.connects.load(Relaxed), 0);
+    assert!(!run.task.is_finished(), "the subscriber keeps retrying");
+    run.stop().await;
+    Ok(())
+}

@@ -7,7 +7,7 @@
 //!   and the tag → point / unit conversion step, with table-driven tests.
 //! - [`source`]: the subscriber task (persistent session, manual acks after hand-over,
 //!   reconnect with back-off, re-subscribe when the broker lost the session), over a
-//!   [`conn::Connection`]: rumqttc's MQTT 3.1.1 or MQTT 5 event loop (`protocol`).
+//!   `conn::Connection`: rumqttc's MQTT 3.1.1 or MQTT 5 event loop (`protocol`).
 //! - [`stats`]: counters and the per-topic problem list for the API.
 //! - [`publish`]: QoS 1 JSON publisher that reports delivery on PUBACK (3.1.1 or 5; an
 //!   MQTT 5 PUBACK with a failure reason code is a failed delivery).
@@ -20,7 +20,7 @@
 pub mod broker;
 pub mod client;
 pub mod config;
-pub mod conn;
+pub(crate) mod conn;
 pub mod decode;
 pub mod publish;
 pub mod sim;

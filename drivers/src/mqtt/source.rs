@@ -24,8 +24,8 @@
 //!   on its first connect and again whenever the broker answers `session_present = false`.
 //! - **Reconnect** with the shared [`Backoff`] (rumqttc has none); a source never returns
 //!   on a transport fault, only on shutdown or when the engine channel is closed.
-//! - **MQTT 3.1.1 and 5** behave the same: the logic here runs over a [`Connection`]
-//!   ([`super::conn`]), rumqttc's v4 or v5 event loop as the broker's `protocol` says. With
+//! - **MQTT 3.1.1 and 5** behave the same: the logic here runs over a `Connection`
+//!   (`super::conn`), rumqttc's v4 or v5 event loop as the broker's `protocol` says. With
 //!   MQTT 5 a persistent session is `clean_start = false` plus a session expiry interval.
 //!
 //! Routing: a message goes to the first subscription (in config order) whose filter
