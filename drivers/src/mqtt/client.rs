@@ -1,5 +1,6 @@
 //! Building rumqttc options from a validated [`MqttBroker`]: password from env or file,
-//! TLS with the ring provider (no aws-lc build), packet limits.
+//! TLS with the ring provider (no aws-lc build), packet limits; for MQTT 3.1.1
+//! ([`mqtt_options`]) and MQTT 5 ([`mqtt_options_v5`]).
 
 use super::MqttError;
 use super::config::{MqttBroker, MqttTls, PasswordSource};
@@ -89,6 +90,34 @@ pub fn mqtt_options(broker: &MqttBroker, client_id: &str) -> Result<MqttOptions,
     o.set_keep_alive(broker.keep_alive);
     o.set_clean_session(broker.clean_session);
     o.set_max_packet_size(broker.max_packet_size, broker.max_packet_size);
+    if let Some(user) = &broker.username {
+        o.set_credentials(user.clone(), resolve_password(broker)?.unwrap_or_default());
+    }
+    if let Some(tls) = &broker.tls {
+        let cfg = tls_client_config(tls)?;
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(cfg),
+        )));
+    }
+    Ok(o)
+}
+
+/// rumqttc MQTT 5 options for `broker` with this client id. Reads the password and the TLS
+/// files. A persistent session is `clean_start = false` with a session expiry above 0
+/// (MQTT 5 §3.1.2.11.2: with 0 the session ends when the network connection closes).
+pub fn mqtt_options_v5(
+    broker: &MqttBroker,
+    client_id: &str,
+) -> Result<rumqttc::v5::MqttOptions, MqttError> {
+    let mut o = rumqttc::v5::MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    o.set_keep_alive(broker.keep_alive);
+    o.set_clean_start(broker.clean_session);
+    o.set_session_expiry_interval((!broker.clean_session).then_some(broker.session_expiry_s));
+    // Announced to the broker (CONNECT Maximum Packet Size): it discards larger messages
+    // for this client instead of sending them, and rumqttc refuses larger incoming ones.
+    o.set_max_packet_size(Some(
+        u32::try_from(broker.max_packet_size).unwrap_or(u32::MAX),
+    ));
     if let Some(user) = &broker.username {
         o.set_credentials(user.clone(), resolve_password(broker)?.unwrap_or_default());
     }

@@ -51,10 +51,21 @@ pub struct MqttBrokerConfig {
     /// acknowledged and dropped. Default 65536.
     #[serde(default = "default_max_payload_size")]
     pub max_payload_size: usize,
-    /// MQTT protocol version: `"3.1.1"`. (`"5"` is recognised but not supported yet.)
+    /// MQTT protocol version: `"3.1.1"` or `"5"`. With `"5"` the broker reports a refused
+    /// publish (ACL, quota) in its PUBACK instead of dropping it silently, and discards a
+    /// message over `max_packet_size` for parkguard instead of breaking the connection.
     /// Default `"3.1.1"`.
     #[serde(default)]
     pub protocol: MqttProtocol,
+    /// MQTT 5 only: how long the broker keeps parkguard's session (subscriptions and queued
+    /// QoS 1 messages) after the connection drops, seconds (1..=4294967295; 4294967295 =
+    /// never expires). MQTT 5 ends a session when the connection closes unless this is
+    /// above 0, so a persistent session needs it. Default 86400 (one day): a parkguard
+    /// outage up to a day loses nothing, while the queue of a decommissioned client id does
+    /// not grow on the broker for ever. Not allowed with `"3.1.1"` (there the broker's own
+    /// setting decides, mosquitto `persistent_client_expiration`).
+    #[serde(default)]
+    pub session_expiry_s: Option<u32>,
     /// First reconnect delay after a failure, milliseconds; doubles per failure with ±20 %
     /// jitter. Default 500.
     #[serde(default = "default_reconnect_initial_ms")]
@@ -79,6 +90,8 @@ fn default_reconnect_initial_ms() -> u64 {
 fn default_reconnect_max_s() -> u64 {
     30
 }
+/// MQTT 5 session expiry when `session_expiry_s` is not set: one day.
+pub const DEFAULT_SESSION_EXPIRY_S: u32 = 86_400;
 
 /// TLS to the broker (`[mqtt_broker.tls]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -104,7 +117,7 @@ pub enum MqttProtocol {
     #[default]
     #[serde(rename = "3.1.1")]
     V311,
-    /// MQTT 5 — recognised so that the error can say so; not supported yet.
+    /// MQTT 5: reason codes in acknowledgements, session expiry.
     #[serde(rename = "5")]
     V5,
 }
@@ -154,6 +167,10 @@ pub struct MqttBroker {
     pub max_packet_size: usize,
     /// Decoded payload limit, bytes.
     pub max_payload_size: usize,
+    /// Protocol version.
+    pub protocol: MqttProtocol,
+    /// MQTT 5 session expiry interval, seconds (0 with `clean_session`; unused for 3.1.1).
+    pub session_expiry_s: u32,
     /// First reconnect delay.
     pub reconnect_initial: Duration,
     /// Longest reconnect delay.
@@ -175,6 +192,8 @@ impl MqttBroker {
             clean_session: false,
             max_packet_size: default_max_packet_size(),
             max_payload_size: default_max_payload_size(),
+            protocol: MqttProtocol::V311,
+            session_expiry_s: DEFAULT_SESSION_EXPIRY_S,
             reconnect_initial: Duration::from_millis(default_reconnect_initial_ms()),
             reconnect_max: Duration::from_secs(default_reconnect_max_s()),
         }
@@ -250,11 +269,16 @@ impl MqttBrokerConfig {
                 "must be 1 byte up to `max_packet_size`",
             ));
         }
-        if self.protocol == MqttProtocol::V5 {
-            errs.push(FieldError::new(
-                "protocol",
-                "mqtt 5 is not supported yet; use \"3.1.1\" (every mqtt 5 broker speaks it)",
-            ));
+        match (self.protocol, self.session_expiry_s) {
+            (MqttProtocol::V311, Some(_)) => errs.push(FieldError::new(
+                "session_expiry_s",
+                "only applies to `protocol = \"5\"` (with 3.1.1 the broker decides how long a session lives)",
+            )),
+            (MqttProtocol::V5, Some(0)) if !self.clean_session => errs.push(FieldError::new(
+                "session_expiry_s",
+                "0 ends the session when the connection drops, so nothing is queued while parkguard is away: use at least 1 (default 86400)",
+            )),
+            _ => {}
         }
         if self.reconnect_initial_ms == 0 || self.reconnect_initial_ms > 60_000 {
             errs.push(FieldError::new(
@@ -322,6 +346,12 @@ impl MqttBrokerConfig {
             clean_session: self.clean_session,
             max_packet_size: self.max_packet_size,
             max_payload_size: self.max_payload_size,
+            protocol: self.protocol,
+            session_expiry_s: if self.clean_session {
+                0
+            } else {
+                self.session_expiry_s.unwrap_or(DEFAULT_SESSION_EXPIRY_S)
+            },
             reconnect_initial: Duration::from_millis(self.reconnect_initial_ms),
             reconnect_max: Duration::from_secs(self.reconnect_max_s),
         })
@@ -718,7 +748,7 @@ mod tests {
         assert_eq!(b.port, 8883);
         assert!(b.tls.expect("tls").client_auth.is_none());
         let e = broker(
-            r#"{"id":"p k","host":"","password_env":"X","keep_alive_s":1,"protocol":"5",
+            r#"{"id":"p k","host":"","password_env":"X","keep_alive_s":1,"session_expiry_s":5,
                 "tls":{"client_cert_file":"c.pem"}}"#,
         )
         .expect_err("invalid");
@@ -730,11 +760,32 @@ mod tests {
                 "host",
                 "username",
                 "keep_alive_s",
-                "protocol",
+                "session_expiry_s",
                 "tls.client_key_file",
                 "host"
             ]
         );
+    }
+
+    #[test]
+    fn mqtt5_session_expiry() {
+        let b = broker(r#"{"id":"park","host":"h","protocol":"5"}"#).expect("valid");
+        assert_eq!(b.protocol, MqttProtocol::V5);
+        assert_eq!(b.session_expiry_s, DEFAULT_SESSION_EXPIRY_S);
+        let b = broker(r#"{"id":"park","host":"h","protocol":"5","session_expiry_s":600}"#)
+            .expect("valid");
+        assert_eq!(b.session_expiry_s, 600);
+        let b = broker(r#"{"id":"park","host":"h","protocol":"5","clean_session":true}"#)
+            .expect("valid");
+        assert_eq!(
+            b.session_expiry_s, 0,
+            "a clean session ends with its connection"
+        );
+        let e = broker(r#"{"id":"park","host":"h","protocol":"5","session_expiry_s":0}"#)
+            .expect_err("a persistent v5 session needs an expiry");
+        assert_eq!(e[0].field, "session_expiry_s");
+        let b = broker(r#"{"id":"park","host":"h"}"#).expect("valid");
+        assert_eq!(b.protocol, MqttProtocol::V311);
     }
 
     #[test]

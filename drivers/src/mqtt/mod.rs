@@ -6,9 +6,11 @@
 //! - [`decode`] and [`sparkplug`]: pure payload mappers (JSON, plain number, Sparkplug B)
 //!   and the tag → point / unit conversion step, with table-driven tests.
 //! - [`source`]: the subscriber task (persistent session, manual acks after hand-over,
-//!   reconnect with back-off, re-subscribe when the broker lost the session).
+//!   reconnect with back-off, re-subscribe when the broker lost the session), over a
+//!   `conn::Connection`: rumqttc's MQTT 3.1.1 or MQTT 5 event loop (`protocol`).
 //! - [`stats`]: counters and the per-topic problem list for the API.
-//! - [`publish`]: QoS 1 JSON publisher that reports delivery on PUBACK.
+//! - [`publish`]: QoS 1 JSON publisher that reports delivery on PUBACK (3.1.1 or 5; an
+//!   MQTT 5 PUBACK with a failure reason code is a failed delivery).
 //! - `broker` (feature `embedded-broker`): rumqttd in-process for `parkguard demo`.
 //! - [`sim`]: publishes plausible readings for the demo and `parkguard simulate`.
 //!
@@ -18,6 +20,7 @@
 pub mod broker;
 pub mod client;
 pub mod config;
+pub(crate) mod conn;
 pub mod decode;
 pub mod publish;
 pub mod sim;

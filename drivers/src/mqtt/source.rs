@@ -24,6 +24,9 @@
 //!   on its first connect and again whenever the broker answers `session_present = false`.
 //! - **Reconnect** with the shared [`Backoff`] (rumqttc has none); a source never returns
 //!   on a transport fault, only on shutdown or when the engine channel is closed.
+//! - **MQTT 3.1.1 and 5** behave the same: the logic here runs over a `Connection`
+//!   (`super::conn`), rumqttc's v4 or v5 event loop as the broker's `protocol` says. With
+//!   MQTT 5 a persistent session is `clean_start = false` plus a session expiry interval.
 //!
 //! Routing: a message goes to the first subscription (in config order) whose filter
 //! matches its topic; overlapping filters are allowed, the earlier one wins.
@@ -42,14 +45,14 @@
 //! and the session resumes.
 
 use super::MqttError;
-use super::client::mqtt_options;
-use super::config::{MqttBroker, Subscription, topic_matches};
+use super::client::{mqtt_options, mqtt_options_v5};
+use super::config::{MqttBroker, MqttProtocol, Subscription, topic_matches};
+use super::conn::{Connection, Incoming, V4, V5};
 use super::decode::{decode, resolve};
 use super::sparkplug::SparkplugState;
 use super::stats::MqttStats;
 use crate::backoff::Backoff;
 use parkguard_rules::{PointTable, Reading, Timestamp};
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, PubAck, QoS, Request, SubscribeFilter};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -191,12 +194,6 @@ pub fn spawn_subscriber_with<H: Handover>(
     if subscriptions.is_empty() {
         return Err(MqttError::NoSubscriptions(broker.id.clone()));
     }
-    let mut opts = mqtt_options(&broker, &broker.client_id)?;
-    opts.set_manual_acks(true);
-    // Requests are only subscribes, Sparkplug rebirth requests and the final disconnect:
-    // acks bypass the channel. Full → a rebirth request is skipped and logged (retried on
-    // the next unknown alias after REBIRTH_INTERVAL).
-    let (client, eventloop) = AsyncClient::new(opts, 16);
     let span = tracing::info_span!("mqtt_subscriber", broker = %broker.id);
     let mut sub = Subscriber {
         spb: subscriptions
@@ -215,9 +212,31 @@ pub fn spawn_subscriber_with<H: Handover>(
         unflushed: 0,
         rebirths: Default::default(),
     };
-    Ok(tokio::spawn(
-        async move { sub.run(client, eventloop, shutdown).await }.instrument(span),
-    ))
+    Ok(match sub.broker.protocol {
+        MqttProtocol::V311 => {
+            let mut opts = mqtt_options(&sub.broker, &sub.broker.client_id)?;
+            opts.set_manual_acks(true);
+            // Requests are only subscribes, Sparkplug rebirth requests and the final
+            // disconnect: acks bypass the channel. Full → a rebirth request is skipped and
+            // logged (retried on the next unknown alias after REBIRTH_INTERVAL).
+            let (client, el) = rumqttc::AsyncClient::new(opts, 16);
+            let conn = V4 { client, el };
+            tokio::spawn(async move { sub.run(conn, shutdown).await }.instrument(span))
+        }
+        MqttProtocol::V5 => {
+            let mut opts = mqtt_options_v5(&sub.broker, &sub.broker.client_id)?;
+            opts.set_manual_acks(true);
+            // rumqttc sizes a slot table by this limit (u16::MAX slots by default, megabytes);
+            // the subscriber publishes only QoS 0 rebirth requests, which take no slot.
+            opts.set_outgoing_inflight_upper_limit(16);
+            // Acks go through this channel too (rumqttc's v5 socket is private). Full →
+            // acks wait in `V5`'s own queue (bounded by the broker's in-flight window), a
+            // rebirth request is skipped and logged as above.
+            let (client, el) = rumqttc::v5::AsyncClient::new(opts, 1024);
+            let conn = V5::new(client, el);
+            tokio::spawn(async move { sub.run(conn, shutdown).await }.instrument(span))
+        }
+    })
 }
 
 struct Subscriber<H> {
@@ -245,7 +264,7 @@ enum Flow {
 }
 
 impl<H: Handover> Subscriber<H> {
-    async fn run(&mut self, client: AsyncClient, mut el: EventLoop, shutdown: CancellationToken) {
+    async fn run<C: Connection>(&mut self, mut el: C, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(
             self.broker.reconnect_initial,
             self.broker.reconnect_max,
@@ -261,9 +280,13 @@ impl<H: Handover> Subscriber<H> {
                 biased;
                 _ = shutdown.cancelled() => break,
                 _ = &mut linger, if lingering => {
-                    // Dropping the pending `poll()` here is safe in rumqttc 0.25: it only
-                    // awaits the socket read (a buffered codec) or a flush of already
-                    // encoded bytes; events already decoded stay in `state.events`.
+                    // Dropping the pending `poll()` here is safe in rumqttc 0.25 (v4 and v5
+                    // alike): it only awaits the socket read (a buffered codec) or a flush
+                    // of already encoded bytes; events already decoded stay in
+                    // `state.events`. (A v5 PUBACK taken from the request channel but not
+                    // yet encoded when a full write buffer makes `feed` wait could be lost:
+                    // the message then stays in flight until the next reconnect, when the
+                    // session redelivers it — a duplicate, never a loss.)
                     lingering = false;
                     if let Flow::Stop = self.flush(&mut el, &shutdown).await {
                         break;
@@ -281,7 +304,7 @@ impl<H: Handover> Subscriber<H> {
                         self.to_ack.clear();
                         self.stats.not_durable.fetch_add(1, Relaxed);
                         self.stats.connected.store(false, Relaxed);
-                        el.clean();
+                        el.drop_connection();
                         let delay = backoff.next_delay();
                         warn!(
                             unacknowledged = waiting,
@@ -298,49 +321,44 @@ impl<H: Handover> Subscriber<H> {
                 ev = el.poll() => ev,
             };
             match ev {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                Ok(Incoming::ConnAck { session_present }) => {
                     self.stats.connected.store(true, Relaxed);
                     self.stats.connects.fetch_add(1, Relaxed);
                     backoff.reset();
                     info!(
                         host = %self.broker.host,
                         port = self.broker.port,
-                        session_present = ack.session_present,
+                        session_present,
                         "mqtt connected"
                     );
-                    if !ack.session_present || !subscribed_once {
+                    if !session_present || !subscribed_once {
                         if subscribed_once && !self.broker.clean_session {
                             self.stats.sessions_lost.fetch_add(1, Relaxed);
                             warn!("broker lost the session; subscribing again");
                         }
-                        let filters = self.subscriptions.iter().map(|s| {
-                            let qos = if s.qos == 0 {
-                                QoS::AtMostOnce
-                            } else {
-                                QoS::AtLeastOnce
-                            };
-                            SubscribeFilter::new(s.filter.clone(), qos)
-                        });
-                        if let Err(e) = client.try_subscribe_many(filters) {
+                        if let Err(e) = el.subscribe(&self.subscriptions) {
                             warn!(error = %e, "cannot queue mqtt subscribe");
                         }
                         subscribed_once = true;
                     }
                 }
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    for (i, code) in ack.return_codes.iter().enumerate() {
-                        if matches!(code, rumqttc::SubscribeReasonCode::Failure) {
-                            let filter = self.subscriptions.get(i).map(|s| s.filter.as_str());
-                            tracing::error!(
-                                filter,
-                                "broker refused the subscription (check its ACL)"
-                            );
-                        }
+                Ok(Incoming::SubAck(refused)) => {
+                    for (i, reason) in refused {
+                        let filter = self.subscriptions.get(i).map(|s| s.filter.as_str());
+                        tracing::error!(
+                            filter,
+                            reason,
+                            "broker refused the subscription (check its ACL)"
+                        );
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    self.on_publish(&p);
-                    self.request_rebirths(&client);
+                Ok(Incoming::Publish {
+                    topic,
+                    payload,
+                    pkid,
+                }) => {
+                    self.on_publish(&topic, &payload, pkid);
+                    self.request_rebirths(&el);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -374,7 +392,7 @@ impl<H: Handover> Subscriber<H> {
             // Hand over when the batch is full, or when the packets already read are used
             // up and the batch is big enough; a small batch lingers (at most LINGER) so that
             // one hand-over and one acknowledgement write serve many messages.
-            let drained = el.state.events.is_empty();
+            let drained = !el.has_buffered();
             if self.batch.len() >= MAX_BATCH || (drained && self.unflushed >= FLUSH_MIN) {
                 lingering = false;
                 if let Flow::Stop = self.flush(&mut el, &shutdown).await {
@@ -385,26 +403,29 @@ impl<H: Handover> Subscriber<H> {
                 lingering = true;
             }
         }
+        // Acknowledgements already issued reach the broker before the connection closes;
+        // what is not durable yet stays unacknowledged and comes again.
+        self.pending.clear();
+        el.finish(Duration::from_secs(1)).await;
         self.stats.connected.store(false, Relaxed);
-        let _ = client.try_disconnect();
         info!("mqtt subscriber stopped");
     }
 
-    fn on_publish(&mut self, p: &rumqttc::Publish) {
+    /// Map one message (`pkid`: to acknowledge, QoS 1) into the batch; protocol-independent.
+    fn on_publish(&mut self, topic: &str, payload: &[u8], pkid: Option<u16>) {
         self.stats.messages.fetch_add(1, Relaxed);
         self.unflushed += 1;
-        if p.qos != QoS::AtMostOnce {
-            self.to_ack.push(p.pkid);
+        if let Some(pkid) = pkid {
+            self.to_ack.push(pkid);
         }
-        let topic = p.topic.as_str();
-        if p.payload.len() > self.broker.max_payload_size {
+        if payload.len() > self.broker.max_payload_size {
             self.stats.problem(
                 &self.broker.id,
                 topic,
                 "oversize",
                 &format!(
                     "payload of {} bytes is over max_payload_size ({})",
-                    p.payload.len(),
+                    payload.len(),
                     self.broker.max_payload_size
                 ),
                 None,
@@ -430,7 +451,7 @@ impl<H: Handover> Subscriber<H> {
             &self.subscriptions[i],
             &mut self.spb[i],
             topic,
-            &p.payload,
+            payload,
             receive_time,
         );
         for e in &decoded.errors {
@@ -462,7 +483,7 @@ impl<H: Handover> Subscriber<H> {
 
     /// Ask Sparkplug edge nodes whose aliases are unknown (parkguard started after their
     /// birth) to publish their births again; at most once per node per REBIRTH_INTERVAL.
-    fn request_rebirths(&mut self, client: &AsyncClient) {
+    fn request_rebirths<C: Connection>(&mut self, client: &C) {
         let now = std::time::Instant::now();
         for st in &mut self.spb {
             for node in st.take_rebirth_requests() {
@@ -478,7 +499,7 @@ impl<H: Handover> Subscriber<H> {
                 };
                 let topic = format!("spBv1.0/{group}/NCMD/{edge}");
                 let payload = super::sparkplug::rebirth_request(now_ms());
-                match client.try_publish(topic, QoS::AtMostOnce, false, payload) {
+                match client.publish_qos0(topic, payload) {
                     Ok(()) => info!(node = %node, "sparkplug rebirth requested"),
                     Err(e) => warn!(node = %node, error = %e, "cannot request sparkplug rebirth"),
                 }
@@ -492,7 +513,7 @@ impl<H: Handover> Subscriber<H> {
 
     /// Hand the batch over, then acknowledge the messages it came from — now, or once the
     /// batch is durable (queued in `pending`, in order behind earlier batches).
-    async fn flush(&mut self, el: &mut EventLoop, shutdown: &CancellationToken) -> Flow {
+    async fn flush<C: Connection>(&mut self, el: &mut C, shutdown: &CancellationToken) -> Flow {
         self.unflushed = 0;
         let mut done = None;
         if !self.batch.is_empty() {
@@ -530,7 +551,7 @@ impl<H: Handover> Subscriber<H> {
 
     /// The oldest pending batch is durable: acknowledge it and every following one that
     /// is settled too, in one write.
-    async fn ack_settled(&mut self, el: &mut EventLoop) {
+    async fn ack_settled<C: Connection>(&mut self, el: &mut C) {
         let mut pkids = Vec::new();
         if let Some(p) = self.pending.pop_front() {
             pkids = p.pkids;
@@ -555,39 +576,13 @@ impl<H: Handover> Subscriber<H> {
     }
 
     /// Write PUBACKs for `pkids` and flush them.
-    async fn write_acks(&mut self, el: &mut EventLoop, pkids: Vec<u16>) {
+    async fn write_acks<C: Connection>(&mut self, el: &mut C, pkids: Vec<u16>) {
         if pkids.is_empty() {
             return;
         }
-        let Some(net) = el.network.as_mut() else {
-            return;
-        };
-        let n = pkids.len() as u64;
-        let mut result = Ok(());
-        for pkid in pkids {
-            match el
-                .state
-                .handle_outgoing_packet(Request::PubAck(PubAck::new(pkid)))
-            {
-                Ok(Some(packet)) => {
-                    if let Err(e) = net.write(packet).await {
-                        result = Err(e);
-                        break;
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        if result.is_ok() {
-            result = net.flush().await;
-        }
-        match result {
-            Ok(()) => {
-                self.stats.acked.fetch_add(n, Relaxed);
+        match el.ack(pkids).await {
+            Ok(n) => {
+                self.stats.acked.fetch_add(n as u64, Relaxed);
             }
             Err(e) => {
                 // The connection broke: drop it; the next poll reconnects and the broker
@@ -597,7 +592,6 @@ impl<H: Handover> Subscriber<H> {
                 warn!(error = %e, "mqtt acknowledgement failed; reconnecting");
                 self.stats.connected.store(false, Relaxed);
                 self.stats.connection_errors.fetch_add(1, Relaxed);
-                el.clean();
             }
         }
     }
