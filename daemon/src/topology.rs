@@ -10,8 +10,10 @@
 //! Back-pressure of the readings channel: bounded at [`READINGS_CAPACITY`] batches. Modbus
 //! pollers `try_send` and count a dropped poll when it is full (a poll is cheap to repeat
 //! and the next one comes within its interval). MQTT subscribers use a channel of their
-//! own ([`DurableBatch`]: readings + a completion signal the recorder sends after the
-//! spool append and fsync, when the QoS 1 messages are acknowledged); they await when it
+//! own ([`DurableBatch`]: readings + a completion signal the spool writer sends after
+//! the spool append and fsync, when the QoS 1 messages are acknowledged; the recorder
+//! hands each batch to the engine first and to the spool writer in parallel, so alarms
+//! never wait for a fsync); they await when it
 //! is full, so the broker keeps unacknowledged QoS 1 messages. The engine evaluates millions of readings a second,
 //! so the channel fills only when a downstream stage (the journal) stalls.
 
@@ -88,8 +90,8 @@ impl Running {
             // the last one and ends when the sources' senders are gone).
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), j).await;
         }
-        // The recorder and journal threads end when their channels close; the writer
-        // thread on cancellation.
+        // The recorder, spool-writer and journal threads end when their channels close;
+        // the InfluxDB writer thread on cancellation.
         let threads = std::mem::take(&mut self.threads);
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
@@ -270,7 +272,7 @@ pub async fn start_with(
     // MQTT batches carry a completion signal: bounded like the readings channel; the
     // subscriber awaits when it is full (the broker keeps the unacknowledged messages).
     let (durable_tx, durable_rx) = mpsc::channel::<DurableBatch>(READINGS_CAPACITY);
-    threads.push(spawn_recorder(
+    threads.extend(spawn_recorder(
         spool,
         Arc::clone(&cfg.table),
         readings_rx,
@@ -425,38 +427,41 @@ pub fn record_of(ev: &Event) -> JournalRecord {
     }
 }
 
-/// Most readings the recorder gathers into one spool append (one write, one fsync) from
-/// the batches already waiting in its channels: group commit, so a fsync serves many
+/// Most readings the spool writer gathers into one spool append (one write, one fsync)
+/// from the batches already waiting in its queue: group commit, so a fsync serves many
 /// MQTT messages.
 const GROUP_READINGS: usize = 65_536;
 
-/// The recorder thread: forwards each batch to the engine, then appends what it gathered
-/// to the spool (fsync per `[spool].fsync`), and only then tells the MQTT subscribers
-/// their messages may be acknowledged (QoS 1 readings are durable before the broker
-/// forgets them). Expires old segments every minute.
-///
-/// When an append fails (disk full with no segment left to drop, I/O or fsync error) the
-/// failure is counted in [`SpoolStats`] (`append_failures`, `readings_not_spooled`,
-/// `append_failing`), logged (at powers of two, and when it recovers), the durable
-/// batches' `done` signals are dropped (their MQTT messages stay unacknowledged and are
-/// redelivered after the subscriber reconnects), and the recorder goes on: the engine
-/// keeps evaluating every reading.
+/// Batches between the recorder and the spool writer. Back-pressure: when the disk is
+/// slower than the input for this many batches, the recorder waits, and with it the
+/// sources (MQTT leaves its messages unacknowledged at the broker, Modbus polls wait).
+const SPOOL_QUEUE: usize = 1024;
+
+/// A batch on its way to the spool, with the MQTT subscriber's completion signal.
+struct SpoolWork {
+    readings: Vec<Reading>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+/// The recorder: forwards every batch to the engine at once, and a copy to the spool
+/// writer thread ([`spawn_spool_writer`]). Two stages so that an alarm never waits for the
+/// disk: while the spool writer is in a fsync (milliseconds, more on a busy disk), the
+/// next batches already reach the engine. MQTT QoS 1 messages are still acknowledged only
+/// after their readings are appended and synced (the spool writer sends `done`).
 fn spawn_recorder(
-    mut spool: Spool,
+    spool: Spool,
     table: Arc<PointTable>,
     mut rx: mpsc::Receiver<Vec<Reading>>,
     mut durable_rx: mpsc::Receiver<DurableBatch>,
     engine: mpsc::Sender<Vec<Reading>>,
-) -> Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
+) -> Result<Vec<std::thread::JoinHandle<()>>> {
+    let (spool_tx, spool_rx) = mpsc::channel::<SpoolWork>(SPOOL_QUEUE);
+    let writer = spawn_spool_writer(spool, table, spool_rx)?;
+    let recorder = std::thread::Builder::new()
         .name("recorder".into())
         .spawn(move || {
-            // A current-thread runtime of its own: waits on both channels; the spool's
-            // blocking writes stall only this thread.
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-            {
+            // A current-thread runtime of its own: waits on both channels.
+            let rt = match tokio::runtime::Builder::new_current_thread().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     error!(error = %e, "cannot start the recorder runtime");
@@ -464,95 +469,117 @@ fn spawn_recorder(
                 }
             };
             rt.block_on(async move {
-                let mut last_expire = std::time::Instant::now();
-                let mut failures: u64 = 0;
                 let (mut plain_open, mut durable_open) = (true, true);
-                let mut all: Vec<Reading> = Vec::new();
-                let mut done: Vec<oneshot::Sender<()>> = Vec::new();
                 loop {
-                    // Wait for the first batch, then take what is already waiting.
-                    let first = tokio::select! {
+                    let (readings, done) = tokio::select! {
                         b = durable_rx.recv(), if durable_open => match b {
-                            Some(b) => Some(b),
+                            Some(b) => (b.readings, Some(b.done)),
                             None => { durable_open = false; continue; }
                         },
                         b = rx.recv(), if plain_open => match b {
-                            Some(b) => { all.extend_from_slice(&b); if engine.send(b).await.is_err() { break; } None }
+                            Some(b) => (b, None),
                             None => { plain_open = false; continue; }
                         },
                         else => break,
                     };
-                    if let Some(b) = first {
-                        all.extend_from_slice(&b.readings);
-                        done.push(b.done);
-                        if engine.send(b.readings).await.is_err() {
-                            break;
-                        }
-                    }
-                    let mut engine_gone = false;
-                    while all.len() < GROUP_READINGS {
-                        if let Ok(b) = durable_rx.try_recv() {
-                            all.extend_from_slice(&b.readings);
-                            done.push(b.done);
-                            if engine.send(b.readings).await.is_err() {
-                                engine_gone = true;
-                                break;
-                            }
-                        } else if let Ok(b) = rx.try_recv() {
-                            all.extend_from_slice(&b);
-                            if engine.send(b).await.is_err() {
-                                engine_gone = true;
-                                break;
-                            }
-                        } else {
-                            break;
-                        }
-                    }
-                    if engine_gone {
+                    let copy = readings.clone();
+                    if engine.send(readings).await.is_err() {
+                        warn!("engine task gone; recorder stops");
+                        // Still archive what was received.
+                        let _ = spool_tx
+                            .send(SpoolWork {
+                                readings: copy,
+                                done,
+                            })
+                            .await;
                         break;
                     }
-                    match spool.append(&all, &table) {
-                        Ok(()) => {
-                            if failures > 0 {
-                                info!(failed_appends = failures, "spool append works again");
-                                failures = 0;
-                            }
-                            for d in done.drain(..) {
-                                // A subscriber that reconnected meanwhile no longer waits.
-                                let _ = d.send(());
-                            }
-                        }
-                        Err(e) => {
-                            failures += 1;
-                            if failures.is_power_of_two() {
-                                error!(error = %e, failures, readings = all.len(), "spool append failed: readings not archived (MQTT QoS 1 messages left unacknowledged for redelivery)");
-                            }
-                            done.clear();
-                        }
+                    if spool_tx
+                        .send(SpoolWork {
+                            readings: copy,
+                            done,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        error!("spool writer gone; recorder stops");
+                        break;
                     }
-                    all.clear();
-                    if last_expire.elapsed() > Duration::from_secs(60) {
-                        last_expire = std::time::Instant::now();
-                        let n = spool.expire(std::time::SystemTime::now());
-                        if n > 0 {
-                            info!(segments = n, "expired spool segments past retention");
-                        }
-                    }
-                }
-                if !all.is_empty() {
-                    warn!("engine task gone; recorder stops");
-                    if spool.append(&all, &table).is_ok() {
-                        for d in done.drain(..) {
-                            let _ = d.send(());
-                        }
-                    }
-                }
-                if let Err(e) = spool.sync() {
-                    error!(error = %e, "final spool sync failed");
                 }
             });
         })
-        .context("cannot spawn the recorder thread")
+        .context("cannot spawn the recorder thread")?;
+    Ok(vec![recorder, writer])
+}
+
+/// The spool writer thread: appends what it gathered to the spool (fsync per
+/// `[spool].fsync`), and only then tells the MQTT subscribers their messages may be
+/// acknowledged (QoS 1 readings are durable before the broker forgets them). Expires old
+/// segments every minute. Ends when the recorder is gone and the queue is empty.
+///
+/// When an append fails (disk full with no segment left to drop, I/O or fsync error) the
+/// failure is counted in [`SpoolStats`] (`append_failures`, `readings_not_spooled`,
+/// `append_failing`), logged (at powers of two, and when it recovers), the durable
+/// batches' `done` signals are dropped (their MQTT messages stay unacknowledged and are
+/// redelivered after the subscriber reconnects), and the writer goes on: the engine
+/// keeps evaluating every reading.
+fn spawn_spool_writer(
+    mut spool: Spool,
+    table: Arc<PointTable>,
+    mut rx: mpsc::Receiver<SpoolWork>,
+) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("spool-writer".into())
+        .spawn(move || {
+            let mut last_expire = std::time::Instant::now();
+            let mut failures: u64 = 0;
+            let mut all: Vec<Reading> = Vec::new();
+            let mut done: Vec<oneshot::Sender<()>> = Vec::new();
+            while let Some(first) = rx.blocking_recv() {
+                all.extend_from_slice(&first.readings);
+                done.extend(first.done);
+                while all.len() < GROUP_READINGS {
+                    match rx.try_recv() {
+                        Ok(w) => {
+                            all.extend_from_slice(&w.readings);
+                            done.extend(w.done);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                match spool.append(&all, &table) {
+                    Ok(()) => {
+                        if failures > 0 {
+                            info!(failed_appends = failures, "spool append works again");
+                            failures = 0;
+                        }
+                        for d in done.drain(..) {
+                            // A subscriber that reconnected meanwhile no longer waits.
+                            let _ = d.send(());
+                        }
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if failures.is_power_of_two() {
+                            error!(error = %e, failures, readings = all.len(), "spool append failed: readings not archived (MQTT QoS 1 messages left unacknowledged for redelivery)");
+                        }
+                        done.clear();
+                    }
+                }
+                all.clear();
+                if last_expire.elapsed() > Duration::from_secs(60) {
+                    last_expire = std::time::Instant::now();
+                    let n = spool.expire(std::time::SystemTime::now());
+                    if n > 0 {
+                        info!(segments = n, "expired spool segments past retention");
+                    }
+                }
+            }
+            if let Err(e) = spool.sync() {
+                error!(error = %e, "final spool sync failed");
+            }
+        })
+        .context("cannot spawn the spool writer thread")
 }
 
 /// Log every annunciated alarm and every warning change (Chinese with English), so that

@@ -62,11 +62,13 @@ struct Args {
     outage: u64,
     daemon: Option<PathBuf>,
     keep: bool,
+    /// Restart the MQTT broker at 3/4 of a timed run (default for `soak`).
+    broker_restart: bool,
 }
 
 const USAGE: &str = "usage: e2e-bench burst|steady|modbus|soak [--points N] [--readings N] [--rate R] \
 [--seconds S] [--qos 0|1] [--probe-ms MS] [--devices D] [--registers R] [--hz H] [--warmup S] \
-[--outage S] [--daemon PATH] [--keep]";
+[--outage S] [--broker-restart yes|no] [--daemon PATH] [--keep]";
 
 fn args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
@@ -84,6 +86,7 @@ fn args() -> Result<Args> {
         "soak" => (5000.0, 3600, 300),
         _ => bail!("unknown scenario {scenario:?}\n{USAGE}"),
     };
+    let broker_restart = scenario == "soak";
     let mut a = Args {
         scenario,
         points: 10_000,
@@ -99,6 +102,7 @@ fn args() -> Result<Args> {
         outage,
         daemon: None,
         keep: false,
+        broker_restart,
     };
     while let Some(k) = it.next() {
         let mut v = || it.next().with_context(|| format!("{k} needs a value"));
@@ -116,6 +120,7 @@ fn args() -> Result<Args> {
             "--outage" => a.outage = v()?.parse()?,
             "--daemon" => a.daemon = Some(v()?.into()),
             "--keep" => a.keep = true,
+            "--broker-restart" => a.broker_restart = v()? != "no",
             other => bail!("unknown option {other}\n{USAGE}"),
         }
     }
@@ -634,6 +639,7 @@ async fn probe_loop(
     probes: Arc<Mutex<Probes>>,
     probe_ms: u64,
     stop: Arc<AtomicBool>,
+    ctl: Arc<LoadCtl>,
 ) -> Result<u64> {
     let mut tick = tokio::time::interval(Duration::from_millis(probe_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -642,6 +648,19 @@ async fn probe_loop(
     let mut last_ts = 0i64;
     while !stop.load(Ordering::SeqCst) {
         tick.tick().await;
+        if ctl.pause.load(Ordering::SeqCst) {
+            if !ctl.probes_paused.load(Ordering::SeqCst) {
+                // Leave time for the PUBACKs of what was sent (rumqttc with a clean session
+                // forgets unacknowledged messages when it reconnects).
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                ctl.probes_paused.store(true, Ordering::SeqCst);
+            }
+            continue;
+        }
+        if ctl.probes_paused.swap(false, Ordering::SeqCst) {
+            // Back: let the client reconnect before sending again.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
         let point = probe_tag((j / 2) % PROBE_POINTS);
         let high = j.is_multiple_of(2);
         j += 1;
@@ -669,6 +688,15 @@ async fn probe_loop(
     Ok(published)
 }
 
+/// Pausing the load and the probes (for a broker restart): `pause` asks, `load_paused` and
+/// `probes_paused` answer once every message they sent is acknowledged.
+#[derive(Default)]
+struct LoadCtl {
+    pause: AtomicBool,
+    load_paused: AtomicBool,
+    probes_paused: AtomicBool,
+}
+
 /// The load: `total` readings round-robin over `points`, at `rate` per second (0 = as fast
 /// as the broker takes them), from a thread of its own with the low-overhead publisher
 /// ([`parkguard_tests::loadgen`]). `progress` counts what was written to the socket.
@@ -679,13 +707,18 @@ fn load_thread(
     total: usize,
     rate: f64,
     progress: Arc<std::sync::atomic::AtomicUsize>,
+    ctl: Arc<LoadCtl>,
 ) -> std::thread::JoinHandle<Result<u64>> {
     std::thread::spawn(move || {
-        let mut p = parkguard_tests::loadgen::Publisher::connect(
-            port,
-            &format!("bench-load-{}", std::process::id()),
-            qos,
-        )?;
+        let connect = || {
+            parkguard_tests::loadgen::Publisher::connect(
+                port,
+                &format!("bench-load-{}", std::process::id()),
+                qos,
+            )
+        };
+        let mut p = connect()?;
+        let mut acked = 0u64;
         let topics: Vec<String> = (0..points).map(|i| format!("gw/{}", tag(i))).collect();
         let base_ms = now_ms();
         let t0 = Instant::now();
@@ -710,11 +743,27 @@ fn load_thread(
             }
             p.flush()?;
             progress.store(i, Ordering::Release);
+            if ctl.pause.load(Ordering::SeqCst) {
+                // Like a gateway during a broker restart: everything sent is acknowledged,
+                // nothing more is sent until the broker is back; then it catches up.
+                acked += p.finish(Duration::from_secs(600))?;
+                ctl.load_paused.store(true, Ordering::SeqCst);
+                while ctl.pause.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                p = loop {
+                    match connect() {
+                        Ok(p) => break p,
+                        Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                    }
+                };
+                ctl.load_paused.store(false, Ordering::SeqCst);
+            }
             if rate > 0.0 {
                 std::thread::sleep(tick);
             }
         }
-        p.finish(Duration::from_secs(600))
+        Ok(acked + p.finish(Duration::from_secs(600))?)
     })
 }
 
@@ -761,11 +810,13 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
         _ => (a.rate * a.seconds as f64).round() as usize,
     };
     let stop_probes = Arc::new(AtomicBool::new(false));
+    let ctl = Arc::new(LoadCtl::default());
     let probe_task = tokio::spawn(probe_loop(
         probe.clone(),
         probes.clone(),
         a.probe_ms,
         stop_probes.clone(),
+        ctl.clone(),
     ));
 
     let cpu0 = daemon.cpu()?;
@@ -778,7 +829,11 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
         total,
         a.rate,
         progress.clone(),
+        ctl.clone(),
     );
+    let mut broker = broker;
+    let mut restart_at =
+        (a.broker_restart && a.rate > 0.0).then(|| Duration::from_secs(a.seconds * 3 / 4));
     let mut rss_samples: Vec<(f64, f64)> = Vec::new();
     let mut outage_done = a.outage == 0;
     let outage_at = Duration::from_secs(a.seconds.saturating_sub(a.outage) / 2);
@@ -807,6 +862,24 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
                 }
                 _ => {}
             }
+        }
+        if restart_at.is_some_and(|at| el >= at) {
+            restart_at = None;
+            ctl.pause.store(true, Ordering::SeqCst);
+            while !(ctl.load_paused.load(Ordering::SeqCst)
+                && ctl.probes_paused.load(Ordering::SeqCst))
+            {
+                ensure!(!load.is_finished(), "load ended while pausing");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let t = Instant::now();
+            mosquitto::stop_and_restart(&mut broker)?;
+            println!(
+                "[{:>5.0} s] MQTT broker stopped (SIGTERM) and started again in {:.1} s",
+                el.as_secs_f64(),
+                t.elapsed().as_secs_f64()
+            );
+            ctl.pause.store(false, Ordering::SeqCst);
         }
         if el >= next_report {
             next_report += Duration::from_secs(10);
@@ -893,12 +966,16 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
             lat.last().map(|&x| x as f64 / 1000.0).unwrap_or(f64::NAN)
         );
     }
-    if a.outage > 0 {
-        println!(
-            "spool after the run: {:.1} MiB on disk",
-            dir_size(&dir_path.join("data").join("spool")) as f64 / (1 << 20) as f64
-        );
-    }
+    println!(
+        "spool after the run: {} readings not yet delivered to the database (parkguard_spool_pending_readings), {} dropped unsent; {:.1} MiB on disk (kept for `spool.retention`)",
+        daemon
+            .metric_sum("parkguard_spool_pending_readings")
+            .await?,
+        daemon
+            .metric_sum("parkguard_spool_readings_dropped_unsent_total")
+            .await?,
+        dir_size(&dir_path.join("data").join("spool")) as f64 / (1 << 20) as f64
+    );
     let _ = probe.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), probe_pump).await;
     if a.keep {

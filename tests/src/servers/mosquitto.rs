@@ -96,6 +96,22 @@ pub fn crash_and_restart(server: &mut Server) -> Result<()> {
     wait_listening(server, Duration::from_secs(10))
 }
 
+/// Stop the broker cleanly (SIGTERM: it saves its persistence file: sessions and queued
+/// QoS 1 messages) and start it again on the same port with the same config and dir.
+pub fn stop_and_restart(server: &mut Server) -> Result<()> {
+    server.terminate(Duration::from_secs(10));
+    let mut cmd = Command::new("mosquitto");
+    cmd.arg("-c").arg(server.path("mosquitto.conf"));
+    let err = std::fs::OpenOptions::new()
+        .append(true)
+        .open(server.path("stderr.log"))?;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(err));
+    server.child = cmd.spawn().context("restart mosquitto")?;
+    wait_listening(server, Duration::from_secs(10))
+}
+
 /// Publish with Debian's `mosquitto_pub` (a client no one here wrote). `payload` is sent
 /// from a file, so any bytes go through unchanged.
 pub fn publish(server: &Server, topic: &str, payload: &[u8], qos: u8, retain: bool) -> Result<()> {
