@@ -73,7 +73,7 @@ const BATCH_CAPACITY: usize = 32;
 const FLUSH_MIN: usize = 256;
 /// Longest wait of a small batch for more messages before hand-over (latency added to a
 /// lone reading; an alarm path budget is seconds).
-const LINGER: Duration = Duration::from_millis(2);
+const LINGER: Duration = Duration::from_millis(1);
 
 /// Shortest interval between two rebirth requests to the same Sparkplug edge node.
 const REBIRTH_INTERVAL: Duration = Duration::from_secs(30);
@@ -275,10 +275,14 @@ impl<H: Handover> Subscriber<H> {
         let linger = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(linger);
         let mut lingering = false;
+        // One cancellation future for the whole loop (a fresh one per message registered
+        // and removed a waiter under a lock every time).
+        let stop = shutdown.cancelled();
+        tokio::pin!(stop);
         loop {
             let ev = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
+                _ = &mut stop => break,
                 _ = &mut linger, if lingering => {
                     // Dropping the pending `poll()` here is safe in rumqttc 0.25 (v4 and v5
                     // alike): it only awaits the socket read (a buffered codec) or a flush
