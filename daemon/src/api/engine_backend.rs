@@ -1266,7 +1266,7 @@ impl EngineBackend {
         );
         if let Some(m) = &self.parts.modbus {
             let devs = m.snapshot();
-            let series: [Series<parkguard_drivers::modbus::DeviceSnapshot>; 8] = [
+            let series: [Series<parkguard_drivers::modbus::DeviceSnapshot>; 9] = [
                 ("requests", "Modbus requests sent.", |d| d.requests),
                 ("responses", "Modbus responses received.", |d| d.responses),
                 ("exceptions", "Modbus exception responses.", |d| {
@@ -1283,6 +1283,11 @@ impl EngineBackend {
                 ("readings", "Readings handed to the engine.", |d| {
                     d.readings_sent
                 }),
+                (
+                    "readings_dropped",
+                    "Readings dropped because the engine's channel was full.",
+                    |d| d.readings_dropped,
+                ),
             ];
             for (name, help, get) in series {
                 let _ = writeln!(

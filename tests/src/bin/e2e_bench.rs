@@ -1103,6 +1103,9 @@ async fn modbus(a: &Args, bin: &Path) -> Result<()> {
                 .metric_sum("parkguard_modbus_responses_total")
                 .await?,
             daemon.metric_sum("parkguard_modbus_readings_total").await?,
+            daemon
+                .metric_sum("parkguard_modbus_readings_dropped_total")
+                .await?,
             daemon.metric_sum("parkguard_modbus_timeouts_total").await?
                 + daemon
                     .metric_sum("parkguard_modbus_io_errors_total")
@@ -1124,12 +1127,13 @@ async fn modbus(a: &Args, bin: &Path) -> Result<()> {
         a.warmup
     );
     println!(
-        "polls/s {:.1} (configured {configured:.1}); requests/s {:.1}; values/s {:.0} (configured {:.0}); faults {}",
+        "polls/s {:.1} (configured {configured:.1}); requests/s {:.1}; values/s handed to the engine {:.0} (configured {:.0}), dropped {:.0}; faults {}",
         polls / secs,
         (s1.2 - s0.2) / secs,
         (s1.4 - s0.4) / secs,
         configured * f64::from(a.registers),
-        s1.5 - s0.5
+        s1.5 - s0.5,
+        s1.6 - s0.6
     );
     println!(
         "daemon CPU {:.1} % of one core = {:.1} µs per poll; RSS {:.1} MiB, peak {:.1} MiB",
