@@ -134,17 +134,20 @@ pub fn run_config_with(cfg: ParkConfig, extras: Extras) -> Result<()> {
                 .with_context(|| format!("cannot create {}", users_file.display()))?;
             warn!(file = %users_file.display(), "no users file: created an empty one; add users with `parkguard user add --file FILE NAME ROLE`");
         }
-        let drills = std::sync::Arc::new(crate::drill::live::Drills::new(
-            crate::drill::live::DrillParts {
-                table: std::sync::Arc::clone(&cfg.table),
-                engine: cfg.engine.clone(),
-                vote_groups: cfg.vote_groups.clone(),
-                journal: Some(running.journal.clone()),
-                data_dir: cfg.data.dir.clone(),
-                spool_dir: running.spool_dir.clone(),
-                shutdown: shutdown.clone(),
-            },
-        ));
+        let mut drills = crate::drill::live::Drills::new(crate::drill::live::DrillParts {
+            table: std::sync::Arc::clone(&cfg.table),
+            engine: cfg.engine.clone(),
+            vote_groups: cfg.vote_groups.clone(),
+            journal: Some(running.journal.clone()),
+            data_dir: cfg.data.dir.clone(),
+            spool_dir: running.spool_dir.clone(),
+            shutdown: shutdown.clone(),
+        });
+        // Drills judge against the limits in force (stored through the API), not the file's.
+        if let Some(at_start) = &running.engine.limits {
+            drills = drills.with_limits(std::sync::Arc::clone(&at_start.store));
+        }
+        let drills = std::sync::Arc::new(drills);
         let served = crate::api::wire::serve_with_drills(
             &cfg,
             parts,
