@@ -105,6 +105,19 @@ pub fn run_config_with(cfg: ParkConfig, extras: Extras) -> Result<()> {
             }
         }
         let running = crate::topology::start(&cfg, shutdown.clone()).await?;
+        // parkguard's own health as alarms in the operators' list (spool, InfluxDB).
+        let _system_alarms = spawn_system_alarms(
+            running.engine.clone(),
+            SystemWatch {
+                spool: Some(std::sync::Arc::clone(&running.spool)),
+                influx: [running.influx.clone(), running.influx_events.clone()]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            },
+            SYSTEM_ALARM_PERIOD,
+            shutdown.clone(),
+        );
         let parts = crate::api::engine_backend::BackendParts {
             engine: running.engine.clone(),
             table: std::sync::Arc::clone(&cfg.table),
@@ -134,17 +147,20 @@ pub fn run_config_with(cfg: ParkConfig, extras: Extras) -> Result<()> {
                 .with_context(|| format!("cannot create {}", users_file.display()))?;
             warn!(file = %users_file.display(), "no users file: created an empty one; add users with `parkguard user add --file FILE NAME ROLE`");
         }
-        let drills = std::sync::Arc::new(crate::drill::live::Drills::new(
-            crate::drill::live::DrillParts {
-                table: std::sync::Arc::clone(&cfg.table),
-                engine: cfg.engine.clone(),
-                vote_groups: cfg.vote_groups.clone(),
-                journal: Some(running.journal.clone()),
-                data_dir: cfg.data.dir.clone(),
-                spool_dir: running.spool_dir.clone(),
-                shutdown: shutdown.clone(),
-            },
-        ));
+        let mut drills = crate::drill::live::Drills::new(crate::drill::live::DrillParts {
+            table: std::sync::Arc::clone(&cfg.table),
+            engine: cfg.engine.clone(),
+            vote_groups: cfg.vote_groups.clone(),
+            journal: Some(running.journal.clone()),
+            data_dir: cfg.data.dir.clone(),
+            spool_dir: running.spool_dir.clone(),
+            shutdown: shutdown.clone(),
+        });
+        // Drills judge against the limits in force (stored through the API), not the file's.
+        if let Some(at_start) = &running.engine.limits {
+            drills = drills.with_limits(std::sync::Arc::clone(&at_start.store));
+        }
+        let drills = std::sync::Arc::new(drills);
         let served = crate::api::wire::serve_with_drills(
             &cfg,
             parts,
@@ -271,4 +287,186 @@ pub fn simulate(path: &Path, modbus: Option<std::net::SocketAddr>, mqtt: bool) -
         wait_for_signal(shutdown).await;
         Ok(())
     })
+}
+
+/// How often the system-alarm watcher looks at the spool and InfluxDB writer counters.
+pub const SYSTEM_ALARM_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A system alarm returns only after its condition was absent this many polls in a row
+/// (10 s at [`SYSTEM_ALARM_PERIOD`]): an off-delay, so that a disk failing on and off
+/// gives one standing alarm, not one per failed append.
+pub const SYSTEM_ALARM_RETURN_POLLS: u32 = 10;
+
+/// InfluxDB writes count as failing after this long with errors and no successful write.
+pub const INFLUX_FAILING_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether one InfluxDB writer is failing, from its counters polled over time (pure: time
+/// is an argument): failing once errors were counted since its last successful request and
+/// that success is [`INFLUX_FAILING_AFTER`] old (or there never was one); cleared by the
+/// next successful request.
+#[derive(Clone, Debug, Default)]
+pub struct InfluxHealth {
+    /// `requests_ok` at the last poll.
+    ok: u64,
+    /// Errors counted when `ok` last grew.
+    errors_at_ok: u64,
+    /// When `ok` last grew (or the first poll).
+    ok_at: Option<std::time::Duration>,
+}
+
+impl InfluxHealth {
+    /// Feed the counters at `now` (any monotonic clock); returns whether writes are failing.
+    pub fn poll(&mut self, requests_ok: u64, errors: u64, now: std::time::Duration) -> bool {
+        if self.ok_at.is_none() || requests_ok > self.ok {
+            self.ok = requests_ok;
+            self.errors_at_ok = errors;
+            self.ok_at = Some(now);
+        }
+        let since = now.saturating_sub(self.ok_at.unwrap_or(now));
+        errors > self.errors_at_ok && since >= INFLUX_FAILING_AFTER
+    }
+}
+
+/// The sources the system-alarm watcher polls.
+#[derive(Clone, Debug, Default)]
+pub struct SystemWatch {
+    /// The spool's counters and flags.
+    pub spool: Option<std::sync::Arc<crate::store::spool::SpoolStats>>,
+    /// The InfluxDB writers' counters (readings, events).
+    pub influx: Vec<std::sync::Arc<parkguard_drivers::influx::InfluxStats>>,
+}
+
+/// Spawn the watcher that turns parkguard's own health into alarms in the operators' alarm
+/// list ([`parkguard_rules::alarm::SystemAlarm`]): every `period` it reads the spool flags
+/// (`append_failing`, `overflow_alarm`) and the InfluxDB writers' counters and sends
+/// [`Command::System`](parkguard_rules::engine::Command::System) to the engine task, which
+/// raises or returns the alarm (journalled, notified, acknowledgeable like any other). The
+/// engine ignores a command that changes nothing, so the watcher sends the current
+/// condition every time instead of tracking edges (a restart re-raises what still holds).
+///
+/// A raised alarm returns after [`SYSTEM_ALARM_RETURN_POLLS`] polls without its condition.
+///
+/// The spool's overflow flag is latched (the dropped data is gone for good): once an
+/// operator acknowledged `system/spool:OVERFLOW` the watcher clears the flag, which
+/// returns the alarm; a later overflow raises it again.
+///
+/// Back-pressure: it waits for the engine's answer (bounded request channel) before the
+/// next poll, so at most one of its commands is ever queued.
+pub fn spawn_system_alarms(
+    engine: crate::engine_task::EngineHandle,
+    watch: SystemWatch,
+    period: std::time::Duration,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    use parkguard_rules::alarm::{AlarmState, SystemAlarm};
+    use parkguard_rules::engine::Command;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut health = vec![InfluxHealth::default(); watch.influx.len()];
+    // Polls in a row without the condition, per system alarm (the off-delay).
+    let mut clear = [0u32; SystemAlarm::ALL.len()];
+    let started = tokio::time::Instant::now();
+    let task = async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let mut wanted: Vec<(SystemAlarm, bool, Option<f64>, String)> = Vec::new();
+            if let Some(s) = &watch.spool {
+                let failures = s.append_failures.load(Relaxed);
+                wanted.push((
+                    SystemAlarm::SpoolAppendFailing,
+                    s.append_failing.load(Relaxed),
+                    Some(failures as f64),
+                    format!("{failures} failed appends; check the data disk"),
+                ));
+                let overflow = s.overflow_alarm.load(Relaxed);
+                let acked = overflow
+                    && engine.snapshot.borrow().alarms.iter().any(|a| {
+                        a.alarm == SystemAlarm::SpoolOverflow.alarm_id()
+                            && a.state == AlarmState::Acknowledged
+                    });
+                if acked {
+                    s.clear_overflow_alarm();
+                }
+                let dropped = s.readings_dropped_unsent.load(Relaxed);
+                wanted.push((
+                    SystemAlarm::SpoolOverflow,
+                    overflow && !acked,
+                    Some(dropped as f64),
+                    format!("{dropped} readings dropped before InfluxDB confirmed them"),
+                ));
+            }
+            if !watch.influx.is_empty() {
+                let now = started.elapsed();
+                let mut failing = false;
+                for (st, h) in watch.influx.iter().zip(health.iter_mut()) {
+                    let errors = st.transient_errors.load(Relaxed)
+                        + st.auth_or_missing.load(Relaxed)
+                        + st.throttled.load(Relaxed);
+                    failing |= h.poll(st.requests_ok.load(Relaxed), errors, now);
+                }
+                let last = watch
+                    .influx
+                    .iter()
+                    .find_map(|s| s.last_error.lock().ok().and_then(|e| e.clone()))
+                    .unwrap_or_default();
+                wanted.push((SystemAlarm::InfluxWriteFailing, failing, None, last));
+            }
+            for (alarm, active, value, detail) in wanted {
+                let quiet = &mut clear[alarm.index()];
+                *quiet = if active { 0 } else { quiet.saturating_add(1) };
+                if !active && *quiet < SYSTEM_ALARM_RETURN_POLLS {
+                    continue;
+                }
+                let cmd = Command::System {
+                    alarm,
+                    active,
+                    value,
+                    detail: Some(format!("{}: {detail}", alarm.text_en())),
+                };
+                match engine.command(cmd).await {
+                    Some(Ok(0)) => {}
+                    Some(Ok(_)) if active => {
+                        warn!(alarm = %alarm.alarm_id(), detail = %detail, "system alarm raised")
+                    }
+                    Some(Ok(_)) => info!(alarm = %alarm.alarm_id(), "system alarm returned"),
+                    Some(Err(e)) => {
+                        warn!(alarm = %alarm.alarm_id(), error = %e, "system alarm refused")
+                    }
+                    None => return, // the engine task has ended
+                }
+            }
+        }
+    };
+    tokio::spawn(tracing::Instrument::instrument(
+        task,
+        tracing::info_span!("system_alarms"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn influx_fails_after_a_minute_of_errors_without_success() {
+        let s = Duration::from_secs;
+        let mut h = InfluxHealth::default();
+        assert!(!h.poll(5, 0, s(0)), "healthy");
+        assert!(
+            !h.poll(5, 3, s(30)),
+            "errors, but the last success is recent"
+        );
+        assert!(h.poll(5, 4, s(60)), "a minute of errors without success");
+        assert!(!h.poll(6, 4, s(61)), "a success clears it");
+        assert!(!h.poll(6, 4, s(200)), "no traffic is no failure");
+        // Never a success, errors from the start.
+        let mut h = InfluxHealth::default();
+        assert!(!h.poll(0, 1, s(0)));
+        assert!(h.poll(0, 9, s(60)));
+    }
 }

@@ -56,6 +56,13 @@ pub enum Condition {
     VoteLevel2 = 14,
     /// A device's link is down: the root cause of its points' comm-lost and stale alarms.
     DeviceCommLost = 15,
+    /// parkguard's spool cannot append readings (disk full, I/O error): readings are not
+    /// kept for InfluxDB and MQTT messages stay unacknowledged at the broker.
+    SpoolAppendFailing = 16,
+    /// parkguard's spool reached its bound and dropped data InfluxDB never confirmed.
+    SpoolOverflow = 17,
+    /// parkguard's InfluxDB writer cannot write (the server refuses or is unreachable).
+    InfluxWriteFailing = 18,
 }
 
 /// Number of conditions every point has (`Hh` ..= `Inhibited`).
@@ -98,6 +105,9 @@ impl Condition {
             Condition::VoteLevel1 => "VOTE_L1",
             Condition::VoteLevel2 => "VOTE_L2",
             Condition::DeviceCommLost => "COMM_LOST",
+            Condition::SpoolAppendFailing => "APPEND_FAILING",
+            Condition::SpoolOverflow => "OVERFLOW",
+            Condition::InfluxWriteFailing => "WRITE_FAILING",
         }
     }
 
@@ -149,6 +159,82 @@ impl Condition {
             Condition::VoteLevel1 => "表决一级报警",
             Condition::VoteLevel2 => "表决二级报警",
             Condition::DeviceCommLost => "设备通讯中断",
+            Condition::SpoolAppendFailing => "系统：数据缓存写入失败",
+            Condition::SpoolOverflow => "系统：数据缓存溢出，未上传数据被丢弃",
+            Condition::InfluxWriteFailing => "系统：时序数据库写入失败",
+        }
+    }
+}
+
+/// parkguard's own health, raised as alarms in the operators' alarm list beside the
+/// process alarms (`system/<source>:<SUFFIX>`, source kind `system`): when parkguard
+/// cannot keep or forward its data, the people watching the console must know. Raised and
+/// returned by [`crate::engine::Command::System`] from the daemon's watcher; acknowledged,
+/// shelved and journalled like any alarm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SystemAlarm {
+    /// `system/spool:APPEND_FAILING`.
+    SpoolAppendFailing,
+    /// `system/spool:OVERFLOW`.
+    SpoolOverflow,
+    /// `system/influx:WRITE_FAILING`.
+    InfluxWriteFailing,
+}
+
+impl SystemAlarm {
+    /// Every system alarm, in slot order.
+    pub const ALL: [SystemAlarm; 3] = [
+        SystemAlarm::SpoolAppendFailing,
+        SystemAlarm::SpoolOverflow,
+        SystemAlarm::InfluxWriteFailing,
+    ];
+
+    /// The part of parkguard it is about (`spool`, `influx`).
+    pub fn source(self) -> &'static str {
+        match self {
+            SystemAlarm::SpoolAppendFailing | SystemAlarm::SpoolOverflow => "spool",
+            SystemAlarm::InfluxWriteFailing => "influx",
+        }
+    }
+
+    /// Its condition.
+    pub fn condition(self) -> Condition {
+        match self {
+            SystemAlarm::SpoolAppendFailing => Condition::SpoolAppendFailing,
+            SystemAlarm::SpoolOverflow => Condition::SpoolOverflow,
+            SystemAlarm::InfluxWriteFailing => Condition::InfluxWriteFailing,
+        }
+    }
+
+    /// The alarm id, `system/spool:APPEND_FAILING`.
+    pub fn alarm_id(self) -> String {
+        format!(
+            "{SYSTEM_PREFIX}{}:{}",
+            self.source(),
+            self.condition().suffix()
+        )
+    }
+
+    /// English text for operators (the Chinese one is [`Condition::label_zh`]).
+    pub fn text_en(self) -> &'static str {
+        match self {
+            SystemAlarm::SpoolAppendFailing => {
+                "system: the spool cannot write readings (disk full or I/O error)"
+            }
+            SystemAlarm::SpoolOverflow => {
+                "system: the spool overflowed and dropped data not yet in InfluxDB"
+            }
+            SystemAlarm::InfluxWriteFailing => "system: writes to InfluxDB are failing",
+        }
+    }
+
+    /// Its place in [`SystemAlarm::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            SystemAlarm::SpoolAppendFailing => 0,
+            SystemAlarm::SpoolOverflow => 1,
+            SystemAlarm::InfluxWriteFailing => 2,
         }
     }
 }
@@ -319,12 +405,16 @@ pub enum SourceKind {
     Group,
     /// A device.
     Device,
+    /// parkguard itself ([`SystemAlarm`]).
+    System,
 }
 
 /// Prefix of group alarm ids: `group/<id>:VOTE_L1`.
 pub const GROUP_PREFIX: &str = "group/";
 /// Prefix of device alarm ids: `device/<id>:COMM_LOST`.
 pub const DEVICE_PREFIX: &str = "device/";
+/// Prefix of parkguard's own alarm ids: `system/spool:APPEND_FAILING` ([`SystemAlarm`]).
+pub const SYSTEM_PREFIX: &str = "system/";
 
 /// One transition of one alarm. Stored in the journal as JSON; notifications use `id` as
 /// idempotency key.

@@ -552,3 +552,76 @@ fn drill_engine_stamps_every_event() {
     assert_eq!(e.snapshot().drill.as_deref(), Some("D-2026-05"));
     assert_eq!(e.snapshot().points[0].id, PointId(0));
 }
+
+/// parkguard's own spool cannot write: a high-priority system alarm in the operators' list,
+/// acknowledged like any alarm (by id or by source), returned when the spool writes again,
+/// and restored from the journal after a restart.
+#[test]
+fn system_alarm_is_raised_acknowledged_returned_and_restored() {
+    use parkguard_rules::Priority;
+    use parkguard_rules::alarm::SystemAlarm;
+    let mut e = engine(vec![gas("GT-101", 0)]);
+    let mut out = Vec::new();
+    let raise = |active| Command::System {
+        alarm: SystemAlarm::SpoolAppendFailing,
+        active,
+        value: Some(3.0),
+        detail: Some("No space left on device".into()),
+    };
+    assert_eq!(e.command(&raise(true), at(10.0), &mut out), Ok(1));
+    let mut journal: Vec<Event> = out.clone();
+    let ev = alarms(&out);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].alarm, "system/spool:APPEND_FAILING");
+    assert_eq!(SystemAlarm::SpoolAppendFailing.alarm_id(), ev[0].alarm);
+    assert_eq!(ev[0].source, "spool");
+    assert_eq!(ev[0].source_kind, SourceKind::System);
+    assert_eq!(ev[0].priority, Priority::High);
+    assert!(ev[0].annunciate && ev[0].active);
+    assert_eq!(ev[0].comment.as_deref(), Some("No space left on device"));
+    assert_eq!(ev[0].value, Some(3.0));
+    // Raising it again changes nothing.
+    out.clear();
+    assert_eq!(e.command(&raise(true), at(11.0), &mut out), Ok(0));
+    assert!(out.is_empty(), "{out:?}");
+    let a = e.alarm("system/spool:APPEND_FAILING").expect("in the list");
+    assert_eq!(a.state, AlarmState::Unacknowledged);
+    assert!(
+        e.alarms()
+            .iter()
+            .any(|a| a.alarm == "system/spool:APPEND_FAILING")
+    );
+
+    // Acknowledged by source, like a tag.
+    let ack = Command::Acknowledge {
+        target: "system/spool".into(),
+        user: "operator".into(),
+        comment: None,
+    };
+    assert_eq!(e.command(&ack, at(12.0), &mut out), Ok(1));
+    assert_eq!(
+        e.alarm("system/spool:APPEND_FAILING").unwrap().state,
+        AlarmState::Acknowledged
+    );
+    journal.extend(out.iter().cloned());
+
+    // A restart restores it from the journal.
+    let mut restarted = engine(vec![gas("GT-101", 0)]);
+    restarted.restore(&journal);
+    assert_eq!(
+        restarted
+            .alarm("system/spool:APPEND_FAILING")
+            .unwrap()
+            .state,
+        AlarmState::Acknowledged
+    );
+
+    // The spool writes again: the acknowledged alarm returns to normal.
+    out.clear();
+    assert_eq!(e.command(&raise(false), at(20.0), &mut out), Ok(1));
+    assert_eq!(
+        e.alarm("system/spool:APPEND_FAILING").unwrap().state,
+        AlarmState::Normal
+    );
+    assert!(e.alarms().is_empty(), "{:?}", e.alarms());
+}

@@ -1236,6 +1236,28 @@ impl EngineBackend {
                 }
             }
         }
+        // Publishes refused by the broker (MQTT 5 reason codes), per MQTT linkage channel:
+        // the outbox retries them, so they show as backlog too, but only this says why.
+        if let Some(linkage) = &self.parts.linkage {
+            let mqtt: Vec<(&str, u64)> = linkage
+                .channels
+                .iter()
+                .filter_map(|c| c.mqtt_rejected().map(|n| (c.name(), n)))
+                .collect();
+            if !mqtt.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "# HELP parkguard_linkage_mqtt_rejected_total Publishes the MQTT broker refused (MQTT 5 reason code), by channel.\n# TYPE parkguard_linkage_mqtt_rejected_total counter"
+                );
+                for (channel, n) in mqtt {
+                    let _ = writeln!(
+                        out,
+                        "parkguard_linkage_mqtt_rejected_total{{channel=\"{}\"}} {n}",
+                        esc(channel)
+                    );
+                }
+            }
+        }
         let mut by = [0u64; 3];
         for a in snap.alarms.iter().filter(|a| {
             matches!(
@@ -2194,6 +2216,151 @@ mod tests {
         assert!(m.contains("parkguard_points{quality=\"stale\"} 1\n"), "{m}");
         // Without [influx] there is no pending figure to report.
         assert!(!m.contains("parkguard_spool_pending_readings"), "{m}");
+    }
+
+    /// A refusing MQTT 5 broker (fault injection: it accepts every connection and answers
+    /// every QoS 1 PUBLISH with PUBACK reason 0x87 "not authorised", as mosquitto does for
+    /// a topic its ACL denies; `tests/tests/mqtt5.rs` checks the counter against mosquitto
+    /// itself). Returns its port.
+    async fn refusing_mqtt5_broker() -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    loop {
+                        let mut head = [0u8; 1];
+                        if sock.read_exact(&mut head).await.is_err() {
+                            return;
+                        }
+                        let (mut len, mut shift) = (0usize, 0);
+                        loop {
+                            let mut b = [0u8; 1];
+                            if sock.read_exact(&mut b).await.is_err() {
+                                return;
+                            }
+                            len |= usize::from(b[0] & 0x7f) << shift;
+                            shift += 7;
+                            if b[0] & 0x80 == 0 {
+                                break;
+                            }
+                        }
+                        let mut body = vec![0u8; len];
+                        if sock.read_exact(&mut body).await.is_err() {
+                            return;
+                        }
+                        let reply: Vec<u8> = match head[0] >> 4 {
+                            1 => vec![0x20, 3, 0, 0, 0], // CONNACK: success, no properties
+                            3 if head[0] & 0x06 == 0x02 => {
+                                // PUBLISH QoS 1: topic, then the packet id.
+                                let t = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                                let (hi, lo) = (body[2 + t], body[3 + t]);
+                                vec![0x40, 4, hi, lo, 0x87, 0] // PUBACK: not authorised
+                            }
+                            12 => vec![0xd0, 0], // PINGRESP
+                            14 => return,        // DISCONNECT
+                            _ => Vec::new(),
+                        };
+                        if !reply.is_empty() && sock.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// Publishes an MQTT linkage channel's broker refused are on `/metrics` per channel.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mqtt_channel_refusals_show_in_metrics() {
+        use parkguard_drivers::notify::{Channel, ChannelConfig, ChannelEnv, Notification};
+        let port = refusing_mqtt5_broker().await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut broker = parkguard_drivers::mqtt::MqttBroker::plain("bus", "127.0.0.1", port);
+        broker.protocol = parkguard_drivers::mqtt::config::MqttProtocol::V5;
+        let cfg: ChannelConfig = serde_json::from_value(serde_json::json!(
+            {"type": "mqtt", "name": "bureau-bus", "broker": "bus", "timeout_ms": 5000}
+        ))
+        .unwrap();
+        let env = ChannelEnv {
+            park: "yk".into(),
+            mqtt_brokers: vec![broker],
+            shutdown: stop.clone(),
+        };
+        let channel = Arc::new(Channel::build_with(&cfg, &env).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let table = table();
+        let mut linkage = crate::linkage::wire::Linkage::new(
+            crate::linkage::route::Router::new(Vec::new(), Default::default()),
+            Vec::new(),
+            HashMap::new(),
+            table.clone(),
+            HashMap::new(),
+            &dir.path().join("journal.sqlite"),
+        )
+        .unwrap();
+        linkage.channels = vec![channel.clone()];
+        let engine = Engine::new(table.clone(), EngineConfig::default(), Vec::new());
+        let (req_tx, _req_rx) = mpsc::channel(1);
+        let (ev_tx, _) = broadcast::channel(16);
+        let (_snap_tx, snap_rx) = watch::channel(Arc::new(engine.snapshot()));
+        let backend = EngineBackend::new(BackendParts {
+            engine: EngineHandle {
+                requests: req_tx,
+                events: ev_tx,
+                snapshot: snap_rx,
+                limits: None,
+            },
+            table,
+            engine_config: EngineConfig::default(),
+            journal_path: None,
+            archive_dir: None,
+            modbus: None,
+            mqtt: Vec::new(),
+            linkage: Some(Arc::new(linkage)),
+            spool: None,
+            influx: [None, None],
+        });
+        let line = "\nparkguard_linkage_mqtt_rejected_total{channel=\"bureau-bus\"} ";
+        let mut m = String::new();
+        backend.render_metrics(&mut m);
+        assert!(m.contains(&format!("{line}0\n")), "{m}");
+        assert!(
+            m.contains("# TYPE parkguard_linkage_mqtt_rejected_total counter"),
+            "{m}"
+        );
+
+        let n = Notification {
+            event_id: 7,
+            alarm_id: "GT-1:HH".into(),
+            drill: None,
+            enterprise: "E1".into(),
+            enterprise_name: None,
+            area: None,
+            kind: PointKind::Combustible,
+            tag: "GT-1".into(),
+            point_name: "methane".into(),
+            condition: "HH".into(),
+            priority: parkguard_drivers::notify::Priority::High,
+            state: "unack".into(),
+            value: Some(60.0),
+            unit: "%LEL".into(),
+            limit: Some(50.0),
+            time: system_now(),
+            grade: None,
+            message_zh: "可燃气体浓度超二级报警值".into(),
+            message_en: "combustible gas above level-2".into(),
+        };
+        for i in 1..=2u64 {
+            let r = channel.deliver(&n).await;
+            assert!(r.is_err(), "a refused publish is no delivery: {r:?}");
+            let mut m = String::new();
+            backend.render_metrics(&mut m);
+            assert!(m.contains(&format!("{line}{i}\n")), "{m}");
+        }
+        stop.cancel();
     }
 
     /// The pump falls behind the engine's broadcast (more events than it holds arrive

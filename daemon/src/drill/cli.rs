@@ -182,7 +182,17 @@ pub fn drill(
                 .context("cannot open the journal")?;
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         let cancel = tokio_util::sync::CancellationToken::new();
-        let runner = super::runner::run(&cfg, &id, file, speed, now, Some(tx), cancel);
+        // The limits a daemon on this data dir runs (changed through the API), not only
+        // the file's: see drill::limits.
+        let limits = super::limits::from_data_dir(&cfg.data.dir, &cfg.table, now.millis())
+            .context("cannot read the stored limits")?;
+        for l in &limits.used {
+            eprintln!(
+                "限值 / limits {} version {} ({} {})",
+                l.tag, l.version, l.changed_by, l.reason
+            );
+        }
+        let runner = super::runner::run(&cfg, &id, file, limits, speed, now, Some(tx), cancel);
         let writer = async {
             let mut n = 0usize;
             while let Some(batch) = rx.recv().await {

@@ -15,6 +15,11 @@
 //! own alarm states; the drill shares only the journal writer, whose router refuses drill
 //! events for production channels. A real alarm during a drill alarms and notifies as usual.
 //!
+//! Limits: a drill judges against the limits in force when it starts — the configured ones
+//! with the versions stored through the API applied on top, read from the real path's
+//! limits store ([`Drills::with_limits`], [`super::limits`]) — and its report names the
+//! versions it ran (`limits`).
+//!
 //! The drill's clock: a scenario starts at the wall-clock time the drill was started and
 //! advances one scenario step per batch; a replay runs on the recorded readings' clock.
 //! Pacing maps the drill clock onto wall time at the chosen speed (1×, 10×, 60×) or runs as
@@ -28,9 +33,11 @@
 //! drill waits when it is full, as the real engine does.
 
 use super::archive::{ArchiveFilter, read_archive};
+use super::limits::{LimitsInForce, LimitsUsed};
 use super::replay::ReplayStats;
 use super::runner::{self, DrillReport};
 use super::scenario::Scenario;
+use crate::api::limits::LimitsStore;
 use parkguard_rules::alarm::{AlarmState, Condition, Priority};
 use parkguard_rules::engine::{Command, Engine, EngineConfig, Event, VoteGroup};
 use parkguard_rules::{PointTable, Reading, Timestamp};
@@ -257,6 +264,8 @@ struct Shared {
     status: DrillStatus,
     events: Vec<Event>,
     report: Option<DrillReport>,
+    /// The limit versions the drill runs (for the report).
+    limits: Vec<LimitsUsed>,
 }
 
 struct Handle {
@@ -268,6 +277,9 @@ struct Handle {
 /// The drills of a running daemon.
 pub struct Drills {
     parts: Option<DrillParts>,
+    /// The real path's limits store: each drill applies the limits in force from it at
+    /// start ([`super::limits`]). `None`: drills run the configured limits.
+    limits: Option<Arc<LimitsStore>>,
     drills: Mutex<Vec<Arc<Handle>>>,
 }
 
@@ -299,6 +311,7 @@ impl Drills {
     pub fn unavailable() -> Self {
         Self {
             parts: None,
+            limits: None,
             drills: Mutex::new(Vec::new()),
         }
     }
@@ -307,8 +320,17 @@ impl Drills {
     pub fn new(parts: DrillParts) -> Self {
         Self {
             parts: Some(parts),
+            limits: None,
             drills: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Judge every drill against the limits in force in `store` (the real path's
+    /// `<data.dir>/limits.sqlite`, [`crate::engine_task::EngineHandle::limits`]), read when
+    /// the drill starts, instead of the configured ones. The daemon always sets it.
+    pub fn with_limits(mut self, store: Arc<LimitsStore>) -> Self {
+        self.limits = Some(store);
+        self
     }
 
     fn parts(&self) -> Result<&DrillParts, DrillError> {
@@ -552,6 +574,34 @@ impl Drills {
         let mut ecfg = parts.engine.clone();
         ecfg.drill = Some(id.clone());
         let mut engine = Engine::new(Arc::clone(&parts.table), ecfg, parts.vote_groups.clone());
+        // The limits in force, read from the store now: a change stored later does not
+        // reach a running drill (its report names the versions it ran).
+        let limits = match &self.limits {
+            Some(store) => {
+                let (store, table) = (Arc::clone(store), Arc::clone(&parts.table));
+                tokio::task::spawn_blocking(move || {
+                    super::limits::from_store(&store, &table, wall_ms())
+                })
+                .await
+                .map_err(|e| DrillError::Unavailable(format!("limits task: {e}")))?
+                .map_err(|e| {
+                    DrillError::Unavailable(format!("cannot read the limits in force: {e}"))
+                })?
+            }
+            None => LimitsInForce::default(),
+        };
+        engine.replace_limits_batch(&limits.apply).map_err(|errs| {
+            DrillError::Unavailable(format!(
+                "the limits in force are refused by the drill's engine: {}",
+                errs.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ))
+        })?;
+        for l in &limits.used {
+            info!(drill = %id, tag = %l.tag, version = l.version, "drill runs stored limits");
+        }
         // Drill event ids live far above the real path's (which continues from its own
         // maximum, see topology); the wall clock keeps successive drills apart.
         engine.set_next_event_id(
@@ -577,6 +627,7 @@ impl Drills {
             status: status.clone(),
             events: Vec::new(),
             report: None,
+            limits: limits.used,
         }));
         // Control: bounded; the API try_sends and answers 503 when full.
         let (ctl_tx, ctl_rx) = mpsc::channel(CTL_CAPACITY);
@@ -649,7 +700,9 @@ fn report_of(sh: &Shared) -> DrillReport {
     let s = &sh.status;
     let start = Timestamp::from_millis(s.start_ms);
     let elapsed = Duration::from_millis((s.clock_ms - s.start_ms).max(0) as u64);
-    runner::report(&s.id, &s.title, start, elapsed, s.readings, &sh.events)
+    let mut r = runner::report(&s.id, &s.title, start, elapsed, s.readings, &sh.events);
+    r.limits = sh.limits.clone();
+    r
 }
 
 /// A drill's source of readings, stepping the drill clock.

@@ -5,6 +5,7 @@
 pub mod archive;
 pub mod backtest;
 pub mod cli;
+pub mod limits;
 pub mod live;
 pub mod plume;
 pub mod remote;

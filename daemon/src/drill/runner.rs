@@ -4,6 +4,7 @@
 //! the linkage router, which gives drill events to drill channels only. Real monitoring is
 //! untouched: it runs in another engine, and a real alarm during a drill still alarms.
 
+use super::limits::{LimitsInForce, LimitsUsed};
 use super::scenario::{Scenario, ScenarioFile};
 use crate::config::ParkConfig;
 use parkguard_rules::alarm::{AlarmEvent, EventKind};
@@ -54,6 +55,10 @@ pub struct DrillReport {
     pub per_operator: Vec<OperatorAcks>,
     /// KPIs over the drill.
     pub kpi: KpiReport,
+    /// The limit versions the drill ran with, for every point whose limits in force were
+    /// not the configured version 1 (changed through the API, `<data.dir>/limits.sqlite`);
+    /// every point not named ran its configured limits. See [`super::limits`].
+    pub limits: Vec<LimitsUsed>,
 }
 
 /// One acknowledgement in a drill.
@@ -80,13 +85,16 @@ pub struct OperatorAcks {
     pub max_s: f64,
 }
 
-/// Run `file` as drill `id` on `cfg`'s park. `speed` is the factor over real time (0 = as
-/// fast as possible). Events are sent to `journal` (which must journal them before any
-/// notification). Returns the report.
+/// Run `file` as drill `id` on `cfg`'s park with `limits` applied over the configured ones
+/// (see [`super::limits`]). `speed` is the factor over real time (0 = as fast as possible).
+/// Events are sent to `journal` (which must journal them before any notification). Returns
+/// the report.
+#[allow(clippy::too_many_arguments)] // each is one plain input of a drill run
 pub async fn run(
     cfg: &ParkConfig,
     id: &str,
     file: ScenarioFile,
+    limits: LimitsInForce,
     speed: f64,
     start: Timestamp,
     journal: Option<mpsc::Sender<Vec<Event>>>,
@@ -97,6 +105,9 @@ pub async fn run(
     let mut ecfg = cfg.engine.clone();
     ecfg.drill = Some(id.to_string());
     let mut engine = Engine::new(Arc::clone(&cfg.table), ecfg, cfg.vote_groups.clone());
+    engine.replace_limits_batch(&limits.apply).map_err(|errs| {
+        format!("the limits in force are refused by the drill's engine: {errs:?}")
+    })?;
     // Drill event ids must not collide with the real path's in the shared journal: start
     // them far above (the real path would need 2^62 events to reach them).
     engine.set_next_event_id((1u64 << 62) + (start.nanos().unsigned_abs() >> 8));
@@ -129,7 +140,9 @@ pub async fn run(
         }
         elapsed += step;
     }
-    Ok(report(id, &name, start, elapsed, fed, &all))
+    let mut r = report(id, &name, start, elapsed, fed, &all);
+    r.limits = limits.used;
+    Ok(r)
 }
 
 /// Build the report from a drill's events.
@@ -230,6 +243,7 @@ pub fn report(
         acks,
         per_operator,
         kpi: kpi::compute(&alarms, start, start + elapsed, &KpiConfig::default()),
+        limits: Vec::new(),
     }
 }
 
@@ -261,6 +275,27 @@ pub fn html(r: &DrillReport) -> String {
             o.max_s
         ));
     }
+    let limits = if r.limits.is_empty() {
+        "<p>全部测点按配置文件限值（版本 1）/ every point ran its configured limits (version 1)</p>"
+            .to_string()
+    } else {
+        let mut t = String::from(
+            "<table><tr><th>位号 / tag</th><th>版本 / version</th><th>修改人 / by</th><th>原因 / reason</th></tr>\n",
+        );
+        for l in &r.limits {
+            t.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                esc(&l.tag),
+                l.version,
+                esc(&l.changed_by),
+                esc(&l.reason)
+            ));
+        }
+        t.push_str(
+            "</table><p>其余测点按配置文件限值 / every other point ran its configured limits</p>",
+        );
+        t
+    };
     // A bar per 10-minute bucket: alarms per bucket, as inline SVG.
     let bars: String = {
         let n = r.kpi.alarms.max(1) as f64;
@@ -285,6 +320,7 @@ pub fn html(r: &DrillReport) -> String {
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:2px 6px}}.banner{{background:#6c3483;color:#fff;padding:6px 12px;font-weight:bold}}</style>\
 <div class=\"banner\">演练 / DRILL — {id}</div><h1>演练报告 / Drill report</h1>\
 <p>场景 / scenario: {scenario}<br>时长 / duration: {dur:.0} s · 读数 / readings: {readings} · 报警 / alarms: {alarms}</p>\
+<h2>所用限值版本 / limit versions in force</h2>{limits}\
 <h2>未确认报警 / never acknowledged</h2><p>{never}</p>\
 <h2>确认用时（按操作员）/ time to acknowledge per operator</h2><table><tr><th>操作员 / operator</th><th>确认数 / acks</th><th>平均 / mean (s)</th><th>最长 / max (s)</th></tr>\n{ops}</table>\
 <h2>报警最多的测点 / top sources</h2><svg width=\"520\" height=\"{h}\">{bars}</svg>\
@@ -322,6 +358,7 @@ mod tests {
             &cfg,
             "drill-2026-11",
             file,
+            LimitsInForce::default(),
             0.0,
             start,
             Some(tx),

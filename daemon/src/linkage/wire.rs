@@ -34,6 +34,9 @@ pub struct Linkage {
     pub router: Router,
     /// Worker wake-ups by channel name.
     pub wake: HashMap<String, Arc<Notify>>,
+    /// The built channels, in configuration order (for their counters on /metrics, e.g.
+    /// [`Channel::mqtt_rejected`]); empty for a linkage made by [`Linkage::new`] alone.
+    pub channels: Vec<Arc<Channel>>,
     /// The points, for names and kinds.
     pub table: Arc<PointTable>,
     /// Enterprise names by code.
@@ -68,6 +71,7 @@ pub fn start(
     let mut flags = std::collections::BTreeMap::new();
     let mut wake = HashMap::new();
     let mut tasks = Vec::new();
+    let mut channels = Vec::new();
     let env = notify::ChannelEnv {
         park: cfg.park.id.clone(),
         mqtt_brokers: cfg.mqtt_brokers.clone(),
@@ -90,6 +94,7 @@ pub fn start(
         let (path, worker_cfg, cancel): (PathBuf, WorkerConfig, _) =
             (journal_path.clone(), cfg.outbox.clone(), shutdown.clone());
         let channel = Arc::new(channel);
+        channels.push(Arc::clone(&channel));
         tasks.push(tokio::spawn(async move {
             // A database error ends a worker; restart it after a pause (rows stay pending).
             loop {
@@ -116,7 +121,7 @@ pub fn start(
         .iter()
         .map(|e| (e.code.clone(), e.name.clone()))
         .collect();
-    let linkage = Linkage::new(
+    let mut linkage = Linkage::new(
         Router::new(cfg.routes.clone(), flags),
         cfg.escalations.clone(),
         wake,
@@ -124,6 +129,7 @@ pub fn start(
         enterprise_names,
         &journal_path,
     )?;
+    linkage.channels = channels;
     Ok((linkage, tasks))
 }
 
@@ -173,6 +179,7 @@ impl Linkage {
                 Linkage {
                     router,
                     wake,
+                    channels: Vec::new(),
                     table,
                     enterprise_names,
                     escalation: Mutex::new(EscalationState {

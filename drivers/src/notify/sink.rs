@@ -339,6 +339,15 @@ impl Channel {
         self.drill
     }
 
+    /// For an MQTT channel: publishes the broker refused so far (MQTT 5 failure reason
+    /// codes, [`MqttPublisher::rejected`]); `None` for every other kind.
+    pub fn mqtt_rejected(&self) -> Option<u64> {
+        match &self.kind {
+            Kind::Mqtt { publisher, .. } => Some(publisher.rejected()),
+            _ => None,
+        }
+    }
+
     /// Deliver one notification.
     pub async fn deliver(&self, n: &Notification) -> Result<Delivered, DeliveryError> {
         self.deliver_batch(std::slice::from_ref(n)).await

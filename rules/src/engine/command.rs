@@ -6,7 +6,9 @@
 //! alarms. Shelving is always one alarm (ISA-18.2: shelving is per alarm and time-limited).
 
 use super::{Ctx, Engine, NC};
-use crate::alarm::{AlarmState, DEVICE_PREFIX, EventKind, GROUP_PREFIX};
+use crate::alarm::{
+    AlarmState, DEVICE_PREFIX, EventKind, GROUP_PREFIX, SYSTEM_PREFIX, SystemAlarm,
+};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -70,6 +72,20 @@ pub enum Command {
         user: String,
         /// Optional remark.
         comment: Option<String>,
+    },
+    /// Raise (`active = true`) or return one of parkguard's own alarms
+    /// (`system/spool:APPEND_FAILING`, …). Sent by the daemon's health watcher, not by a
+    /// person; the alarm is then acknowledged, shelved and journalled like any other.
+    /// Changes nothing (answers 0) when the alarm's condition is already as asked.
+    System {
+        /// Which alarm.
+        alarm: SystemAlarm,
+        /// Condition present.
+        active: bool,
+        /// A figure for the event (e.g. failures or readings dropped so far).
+        value: Option<f64>,
+        /// A remark for the event (what failed).
+        detail: Option<String>,
     },
 }
 
@@ -152,6 +168,17 @@ impl Engine {
             let a = self.dbase + d as usize;
             return Ok(a..a + 1);
         }
+        if let Some(src) = target.strip_prefix(SYSTEM_PREFIX) {
+            // A source's system alarms are adjacent in `SystemAlarm::ALL`.
+            let of: Vec<usize> = SystemAlarm::ALL
+                .iter()
+                .filter(|a| a.source() == src)
+                .map(|a| a.index())
+                .collect();
+            if let (Some(first), Some(last)) = (of.first(), of.last()) {
+                return Ok(self.sbase + first..self.sbase + last + 1);
+            }
+        }
         if let Some(pid) = self.table.id(target) {
             let a = pid.index() * NC;
             return Ok(a..a + NC);
@@ -177,6 +204,19 @@ impl Engine {
         out: &mut Vec<super::Event>,
     ) -> Result<usize, CommandError> {
         let t = now.0;
+        if let Command::System {
+            alarm,
+            active,
+            value,
+            detail,
+        } = cmd
+        {
+            let n = self.system_alarm(*alarm, *active, *value, detail.as_deref(), t, out);
+            if !self.warn.dirty.is_empty() {
+                self.flush_warnings(t, out);
+            }
+            return Ok(usize::from(n > 0));
+        }
         let user = match cmd {
             Command::Acknowledge { user, .. }
             | Command::Silence { user }
@@ -184,6 +224,7 @@ impl Engine {
             | Command::Unshelve { user, .. }
             | Command::RemoveFromService { user, .. }
             | Command::ReturnToService { user, .. } => user.trim(),
+            Command::System { .. } => "parkguard",
         };
         if user.is_empty() {
             return Err(CommandError::MissingUser);
@@ -358,6 +399,7 @@ impl Engine {
                 }
                 n
             }
+            Command::System { .. } => 0, // handled above
         };
         if !self.warn.dirty.is_empty() {
             self.flush_warnings(t, out);

@@ -114,6 +114,9 @@ pub struct PriorityMap {
     pub maintenance: Priority,
     /// Inhibited at the device. Default "low".
     pub inhibited: Priority,
+    /// parkguard's own system alarms (spool cannot write or overflowed, InfluxDB writes
+    /// failing): data may be lost. Default "high".
+    pub system: Priority,
 }
 
 impl Default for PriorityMap {
@@ -133,6 +136,7 @@ impl Default for PriorityMap {
             flatline: Priority::Low,
             maintenance: Priority::Low,
             inhibited: Priority::Low,
+            system: Priority::High,
         }
     }
 }
@@ -155,6 +159,9 @@ impl PriorityMap {
             Condition::Flatline => self.flatline,
             Condition::Maintenance => self.maintenance,
             Condition::Inhibited => self.inhibited,
+            Condition::SpoolAppendFailing
+            | Condition::SpoolOverflow
+            | Condition::InfluxWriteFailing => self.system,
         }
     }
 }

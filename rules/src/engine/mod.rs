@@ -45,7 +45,7 @@ pub use snapshot::{AlarmView, EngineStats, PointView, RestoreReport, Snapshot, W
 
 use crate::alarm::{
     AlarmEvent, AlarmState, Condition, DEVICE_PREFIX, EventKind, GROUP_PREFIX, POINT_CONDITIONS,
-    SourceKind,
+    SYSTEM_PREFIX, SourceKind, SystemAlarm,
 };
 use crate::model::{AlarmLimits, Point, PointId, PointKind, Quality, Reading};
 use crate::table::PointTable;
@@ -372,6 +372,8 @@ enum SlotOwner {
     Point(usize, usize),
     Group(usize, usize),
     Device(usize),
+    /// parkguard's own alarm ([`SystemAlarm::ALL`] index).
+    System(usize),
 }
 
 /// The alarm engine. See the module docs.
@@ -391,6 +393,8 @@ pub struct Engine {
     device_ix: HashMap<String, u32>,
     gbase: usize,
     dbase: usize,
+    /// First system alarm slot ([`SystemAlarm::ALL`] follow the devices').
+    sbase: usize,
     warn: WarnRt,
     next_id: u64,
     start: Option<i64>,
@@ -523,7 +527,8 @@ impl Engine {
         }
         let gbase = n * NC;
         let dbase = gbase + 2 * grts.len();
-        let nslots = dbase + devices.len();
+        let sbase = dbase + devices.len();
+        let nslots = sbase + SystemAlarm::ALL.len();
         Engine {
             re_alarm: (cfg.re_alarm_s as i64).saturating_mul(1_000_000_000),
             cfg,
@@ -539,6 +544,7 @@ impl Engine {
             device_ix,
             gbase,
             dbase,
+            sbase,
             warn,
             next_id: 1,
             start: None,
@@ -1039,8 +1045,10 @@ impl Engine {
         } else if s < self.dbase {
             let g = s - self.gbase;
             SlotOwner::Group(g / 2, g % 2)
-        } else {
+        } else if s < self.sbase {
             SlotOwner::Device(s - self.dbase)
+        } else {
+            SlotOwner::System(s - self.sbase)
         }
     }
 
@@ -1301,7 +1309,41 @@ impl Engine {
                     None,
                 )
             }
+            SlotOwner::System(i) => {
+                let a = SystemAlarm::ALL[i];
+                (
+                    a.alarm_id(),
+                    a.source().to_string(),
+                    SourceKind::System,
+                    String::new(),
+                    None,
+                    a.condition(),
+                    None,
+                )
+            }
         }
+    }
+
+    /// Raise (`active`) or return one of parkguard's own alarms at `now`, with `value`
+    /// (e.g. failures counted) and a remark on the event. Returns the events emitted.
+    pub(super) fn system_alarm(
+        &mut self,
+        alarm: SystemAlarm,
+        active: bool,
+        value: Option<f64>,
+        detail: Option<&str>,
+        now: i64,
+        out: &mut Vec<Event>,
+    ) -> usize {
+        let before = out.len();
+        let ctx = Ctx {
+            time: now,
+            value,
+            comment: detail,
+            ..Default::default()
+        };
+        self.condition(self.sbase + alarm.index(), active, &ctx, out);
+        out.len() - before
     }
 
     // ---------------------------------------------------------------- devices, votes, warnings
@@ -1636,6 +1678,12 @@ impl Engine {
         {
             return (suffix == Condition::DeviceCommLost.suffix())
                 .then_some(self.dbase + d as usize);
+        }
+        if src.starts_with(SYSTEM_PREFIX) {
+            return SystemAlarm::ALL
+                .iter()
+                .find(|a| a.alarm_id() == alarm)
+                .map(|a| self.sbase + a.index());
         }
         let pid = self.table.id(src)?;
         let c = Condition::point_from_suffix(suffix)?;
