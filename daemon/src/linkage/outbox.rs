@@ -449,6 +449,34 @@ fn heads(conn: &Connection, channel: &str) -> Result<Vec<GroupHead>, OutboxError
 /// A row of a batch: queue position and its payload (or why it cannot be read).
 type BatchRow = (i64, Result<Notification, String>);
 
+/// Whether SQLite answered "busy"/"locked".
+fn is_busy(e: &OutboxError) -> bool {
+    matches!(
+        e,
+        OutboxError::Db(rusqlite::Error::SqliteFailure(f, _))
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Run `f` (one transaction), again after a short pause when SQLite answers busy. A
+/// deferred transaction that read and then writes gets `SQLITE_BUSY` at once, without the
+/// busy timeout, when another connection (the journal writer) committed in between; retrying
+/// the whole transaction is the remedy. Seen under a reading burst: the worker failed and
+/// restarted 2 s later, holding an alarm notification back for those 2 s.
+fn retry_busy<T>(mut f: impl FnMut() -> Result<T, OutboxError>) -> Result<T, OutboxError> {
+    let mut pause = Duration::from_millis(1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match f() {
+            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Fix (if new) and load the next batch of `key`: rows in queue order.
 fn take_batch(
     conn: &mut Connection,
@@ -587,7 +615,8 @@ async fn worker_loop<D: Deliver>(
                 let ch = name.clone();
                 let k = key.clone();
                 let max = cfg.grouping.max_batch;
-                let (batch_id, rows) = with_db(&db, move |c| take_batch(c, &ch, &k, max)).await?;
+                let (batch_id, rows) =
+                    with_db(&db, move |c| retry_busy(|| take_batch(c, &ch, &k, max))).await?;
                 if rows.is_empty() {
                     continue;
                 }
@@ -623,15 +652,17 @@ async fn worker_loop<D: Deliver>(
                         last_sent.insert(key, done);
                         let receipt = d.receipt;
                         with_db(&db, move |c| {
-                            mark(
-                                c,
-                                &seqs,
-                                Status::Delivered,
-                                done,
-                                done,
-                                None,
-                                Some(&receipt),
-                            )
+                            retry_busy(|| {
+                                mark(
+                                    c,
+                                    &seqs,
+                                    Status::Delivered,
+                                    done,
+                                    done,
+                                    None,
+                                    Some(&receipt),
+                                )
+                            })
                         })
                         .await?;
                     }
@@ -649,15 +680,17 @@ async fn worker_loop<D: Deliver>(
                         warn!(channel = %name, batch = batch_id, error = %e, retry_in_ms = delay.as_millis() as u64, "delivery failed, will retry");
                         let msg = e.to_string();
                         with_db(&db, move |c| {
-                            mark(
-                                c,
-                                &seqs,
-                                Status::Pending,
-                                done,
-                                done + delay,
-                                Some(&msg),
-                                None,
-                            )
+                            retry_busy(|| {
+                                mark(
+                                    c,
+                                    &seqs,
+                                    Status::Pending,
+                                    done,
+                                    done + delay,
+                                    Some(&msg),
+                                    None,
+                                )
+                            })
                         })
                         .await?;
                     }
@@ -666,7 +699,9 @@ async fn worker_loop<D: Deliver>(
                         error!(channel = %name, batch = batch_id, error = %e, "delivery failed permanently");
                         let msg = e.to_string();
                         with_db(&db, move |c| {
-                            mark(c, &seqs, Status::Failed, done, done, Some(&msg), None)
+                            retry_busy(|| {
+                                mark(c, &seqs, Status::Failed, done, done, Some(&msg), None)
+                            })
                         })
                         .await?;
                     }
@@ -687,6 +722,55 @@ async fn worker_loop<D: Deliver>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The journal writer commits while the worker fixes a batch (read, then write in one
+    /// deferred transaction): SQLite answers busy at once, without the busy timeout. The
+    /// worker must retry, not fail (it used to fail and restart 2 s later).
+    #[test]
+    fn taking_batches_while_another_connection_writes_never_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.sqlite");
+        let mut worker = open(&path).unwrap();
+        let writer_path = path.clone();
+        let writer = std::thread::spawn(move || {
+            let mut w = open(&writer_path).unwrap();
+            for i in 0..3000i64 {
+                let tx = w.transaction().unwrap();
+                tx.execute(
+                    "INSERT INTO outbox (event_id, channel, alarm_id, group_key, payload,
+                         enqueued_at, next_attempt) VALUES (?1, 'bus', 'A', ?2, '{}', 0, 0)",
+                    params![i, format!("E{}", i % 3)],
+                )
+                .unwrap();
+                tx.commit().unwrap();
+            }
+        });
+        let mut taken = 0usize;
+        let mut rounds = 0usize;
+        while !writer.is_finished() || rounds == 0 {
+            rounds += 1;
+            for key in ["E0", "E1", "E2"] {
+                let (_, rows) = retry_busy(|| take_batch(&mut worker, "bus", key, 20))
+                    .unwrap_or_else(|e| panic!("round {rounds}: {e}"));
+                let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
+                taken += seqs.len();
+                retry_busy(|| {
+                    mark(
+                        &mut worker,
+                        &seqs,
+                        Status::Delivered,
+                        Timestamp::from_millis(1),
+                        Timestamp::from_millis(1),
+                        None,
+                        Some("ok"),
+                    )
+                })
+                .unwrap_or_else(|e| panic!("round {rounds}: {e}"));
+            }
+        }
+        writer.join().unwrap();
+        assert!(taken > 0, "the worker took nothing in {rounds} rounds");
+    }
 
     #[test]
     fn outbox_config_defaults_and_errors() {
