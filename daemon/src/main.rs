@@ -7,30 +7,6 @@ use parkguard::config;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
-/// The allocator of the daemon: jemalloc instead of glibc malloc (issue #11).
-///
-/// Measured with the e2e bench (10,000 points, 5,000 readings/s; README "Memory"): with
-/// glibc the daemon stayed at 119 MiB resident when idle and 150 MiB under load while its
-/// live heap was 14 MiB and 33 MiB. glibc keeps memory freed in the middle of its main
-/// heap resident (the transient peak of parsing a large config at start), and grows one
-/// arena per allocating thread (tokio workers, journal, recorder, InfluxDB writer), each
-/// keeping its freed pages. jemalloc hands unused pages back to the system within its
-/// decay time (10 s), so the resident size follows the live heap. Also measured and not
-/// taken: `MALLOC_ARENA_MAX=2` (76 MiB under load, and an environment variable every
-/// deployment would have to set) and mimalloc 3 (85 MiB).
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// Let one jemalloc background thread purge unused pages on time even when the daemon is
-/// idle (without it, purging happens only during later allocations of the same arena).
-fn allocator_background_purge() {
-    if let Err(e) = tikv_jemalloc_ctl::max_background_threads::write(1)
-        .and_then(|()| tikv_jemalloc_ctl::background_thread::write(true))
-    {
-        tracing::warn!(error = %e, "cannot start the allocator's background purge thread");
-    }
-}
-
 fn init_logging(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off"));
@@ -53,7 +29,6 @@ fn main() -> ExitCode {
         }
         Command::Run { config } => {
             init_logging(cli.log_format);
-            allocator_background_purge();
             exit(parkguard::run::run_file(&config))
         }
         Command::Backtest {
@@ -98,7 +73,6 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             init_logging(cli.log_format);
-            allocator_background_purge();
             exit(parkguard::demo::run(listen, data_dir))
         }
     }
