@@ -2430,7 +2430,7 @@ mod tests {
                 let kinds: Vec<(String, String)> = sub
                     .replay
                     .iter()
-                    .map(|e| (e.kind.clone(), e.data.clone()))
+                    .map(|e| (e.kind.to_string(), e.data().to_string()))
                     .collect();
                 if kinds.iter().filter(|(k, _)| k == "warning").count() >= 16 {
                     return kinds;
