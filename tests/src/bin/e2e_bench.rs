@@ -12,15 +12,21 @@
 //! - `steady`: `--rate 5000` readings/s for `--seconds 60` (run again with `--rate 20000`).
 //! - `modbus`: `--devices 100` × `--registers 100` at `--hz 10`, polled by the daemon.
 //! - `soak`: `--rate 5000` for `--seconds 3600` with VictoriaMetrics down for
-//!   `--outage 300` s in the middle (a shortened run: `--seconds 300 --outage 60`).
+//!   `--outage 300` s in the middle and the MQTT broker stopped (SIGTERM, it saves its
+//!   sessions) and started again at 3/4 of the run (`--broker-restart no` to skip); a
+//!   shortened run: `--seconds 300 --outage 60`.
 //!
 //! What is measured, and where:
 //! - readings stored: counted **in VictoriaMetrics** (`count_over_time` of `reading_value`),
 //!   never in parkguard; loss = published − stored once the count stops growing.
 //! - alarm latency: a second MQTT connection publishes probe readings that cross (and
 //!   return under) a level-1 limit on dedicated probe points every `--probe-ms`; latency is
-//!   publish → the `alarm` event on the daemon's SSE stream (`/api/v1/events`). The MQTT
-//!   alarm channel is not on main yet; SSE is where the console sees the alarm.
+//!   publish → the alarm message of the linkage MQTT channel on the broker (what a linkage
+//!   partner receives; the probe enterprise is routed there, `group_window = "0s"`), and
+//!   publish → the `alarm` event on the daemon's SSE stream (what the console sees).
+//! - load: [`parkguard_tests::loadgen`] from a thread of its own (pre-encoded PUBLISH
+//!   packets, many per write), QoS `--qos` (default 1).
+//! - the daemon runs with `MALLOC_ARENA_MAX=2` as deployed (systemd unit, Dockerfile).
 //! - CPU: utime + stime of the daemon's PID from `/proc/PID/stat` over the run; peak RSS is
 //!   its `VmHWM`.
 //! - Modbus: polls/s, values/s from the daemon's `/metrics` counters over the window, CPU per
@@ -213,6 +219,11 @@ impl Daemon {
         cmd.args(["run", "--config"])
             .arg(&cfg)
             .env("RUST_LOG", "info");
+        // As deployed (deploy/systemd/parkguard.service, deploy/Dockerfile), unless the
+        // caller's environment says otherwise.
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            cmd.env("MALLOC_ARENA_MAX", "2");
+        }
         let mut server = spawn_in("parkguard", cmd, api_port, dir)?;
         wait_listening(&mut server, Duration::from_secs(60))?;
         Ok(Self {
