@@ -345,13 +345,20 @@ async function renderDrill() {
       ${rows ? `<table class="drill-alarms"><tbody>${rows}</tbody></table>` : `<p class="empty">${esc(t('no_alarms'))}</p>`}</section>`;
   }).join('');
   const other = sortAlarms(drillAlarms());
-  $('#view').innerHTML = `<h2>${esc(t('drill_title'))}</h2>${ctl}${blocks}${other.length ? alarmTable(other, true) : ''}`;
-  const f = $('#drill-start');
-  if (f) f.onsubmit = async (ev) => {
-    ev.preventDefault();
-    try { await api('POST', '/api/v1/drills', { scenario: $('#drill-scenario').value.trim(), speed: $('#drill-speed').value }); renderDrill(); }
-    catch (e) { $('#drill-err').textContent = e.message; }
-  };
+  // The start form is built once per visit (and language): the list below it is refreshed
+  // every 2 s and on every alarm event, and rebuilding the form then would throw away what
+  // the engineer is typing or has chosen.
+  const list = $('#drill-list');
+  if (!list || list.dataset.lang !== S.lang) {
+    $('#view').innerHTML = `<h2>${esc(t('drill_title'))}</h2>${ctl}<div id="drill-list" data-lang="${esc(S.lang)}"></div>`;
+    const f = $('#drill-start');
+    if (f) f.onsubmit = async (ev) => {
+      ev.preventDefault();
+      try { await api('POST', '/api/v1/drills', { scenario: $('#drill-scenario').value.trim(), speed: $('#drill-speed').value }); $('#drill-err').textContent = ''; renderDrill(); }
+      catch (e) { $('#drill-err').textContent = e.message; }
+    };
+  }
+  $('#drill-list').innerHTML = `${blocks}${other.length ? alarmTable(other, true) : ''}`;
   document.querySelectorAll('[data-dact]').forEach((b) => { b.onclick = async () => { await api('POST', `/api/v1/drills/${encodeURIComponent(b.dataset.drill)}/${b.dataset.dact}`, {}).catch(() => {}); renderDrill(); }; });
   document.querySelectorAll('[data-dack]').forEach((b) => { b.onclick = async () => { await api('POST', `/api/v1/drills/${encodeURIComponent(b.dataset.drill)}/ack`, { alarm: b.dataset.dack }).catch(() => {}); renderDrill(); }; });
   if (drills.some((d) => d.state !== 'stopped')) drillTimer = setTimeout(() => { if (S.route.split('/')[0] === 'drill') renderDrill(); }, 2000);

@@ -348,16 +348,26 @@ pub async fn js(c: &Client, script: &str) -> Result<Value> {
     Ok(c.execute(script, vec![]).await?)
 }
 
+/// Find `css` and click it. A view that re-renders between the find and the click leaves
+/// a stale element: found again and clicked again (what a user's second click does).
 pub async fn click(c: &Client, css: &str) -> Result<()> {
-    c.wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(css))
-        .await
-        .with_context(|| format!("find {css}"))?
-        .click()
-        .await
-        .with_context(|| format!("click {css}"))?;
-    Ok(())
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let e = c
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Css(css))
+            .await
+            .with_context(|| format!("find {css}"))?;
+        match e.click().await {
+            Ok(()) => return Ok(()),
+            Err(err) if attempt < 3 && err.to_string().contains("stale element") => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => return Err(err).with_context(|| format!("click {css}")),
+        }
+    }
 }
 
 pub async fn type_into(c: &Client, css: &str, text: &str) -> Result<()> {
