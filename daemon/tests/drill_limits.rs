@@ -14,77 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+mod common;
+use common::Session;
+
 const WAIT: Duration = Duration::from_secs(40);
 const TAG: &str = "DEMO01-GT-103";
 /// The scripted value, %LEL: between the new level-1 limit and the configured one.
 const VALUE: f64 = 15.0;
 /// The level-1 limit the engineer sets, %LEL.
 const NEW_H: f64 = 10.0;
-
-struct Session {
-    http: reqwest::Client,
-    base: String,
-    cookie: String,
-    csrf: String,
-}
-
-impl Session {
-    async fn login(base: &str, user: &str, password: &str) -> Session {
-        let http = reqwest::Client::new();
-        let resp = http
-            .post(format!("{base}/api/v1/session/login"))
-            .json(&json!({"username": user, "password": password}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "login of {user}");
-        let cookie = resp
-            .headers()
-            .get_all(reqwest::header::SET_COOKIE)
-            .iter()
-            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
-            .collect::<Vec<_>>()
-            .join("; ");
-        let body: Value = resp.json().await.unwrap();
-        let csrf = body["csrf"].as_str().unwrap().to_string();
-        Session {
-            http,
-            base: base.to_string(),
-            cookie,
-            csrf,
-        }
-    }
-
-    async fn get_text(&self, path: &str) -> (u16, String) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header("cookie", &self.cookie)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let (s, t) = self.get_text(path).await;
-        (s, serde_json::from_str(&t).unwrap_or(Value::Null))
-    }
-
-    async fn send(&self, method: Method, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .header("cookie", &self.cookie)
-            .header("x-csrf-token", &self.csrf)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let s = r.status().as_u16();
-        (s, r.json().await.unwrap_or(Value::Null))
-    }
-}
 
 async fn until<T, F, Fut>(what: &str, mut f: F) -> T
 where

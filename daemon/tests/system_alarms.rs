@@ -14,78 +14,20 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+mod common;
+use common::Session;
+
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Session {
-    http: reqwest::Client,
-    base: String,
-    cookie: String,
-    csrf: String,
-}
-
-impl Session {
-    async fn login(base: &str, user: &str, password: &str) -> Session {
-        let http = reqwest::Client::new();
-        let resp = http
-            .post(format!("{base}/api/v1/session/login"))
-            .json(&json!({"username": user, "password": password}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200, "login of {user}");
-        let cookie = resp
-            .headers()
-            .get_all(reqwest::header::SET_COOKIE)
-            .iter()
-            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
-            .collect::<Vec<_>>()
-            .join("; ");
-        let body: Value = resp.json().await.unwrap();
-        let csrf = body["csrf"].as_str().unwrap().to_string();
-        Session {
-            http,
-            base: base.to_string(),
-            cookie,
-            csrf,
-        }
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header("cookie", &self.cookie)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "GET {path}");
-        r.json().await.unwrap()
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("cookie", &self.cookie)
-            .header("x-csrf-token", &self.csrf)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let s = r.status().as_u16();
-        (s, r.json().await.unwrap_or(Value::Null))
-    }
-
-    /// The active alarm of the spool with `condition`, if listed.
-    async fn spool_alarm(&self, condition: &str) -> Option<Value> {
-        self.get("/api/v1/alarms/active")
-            .await
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["point"] == "spool" && a["condition"] == condition)
-            .cloned()
-    }
+/// The active alarm of the spool with `condition`, if listed.
+async fn spool_alarm(s: &Session, condition: &str) -> Option<Value> {
+    s.get_ok("/api/v1/alarms/active")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["point"] == "spool" && a["condition"] == condition)
+        .cloned()
 }
 
 async fn until<T, F, Fut>(what: &str, mut f: F) -> T
@@ -162,7 +104,11 @@ async fn spool_failures_are_alarms_operators_acknowledge() {
     .unwrap();
     let base = format!("http://{}", served.addr);
     let operator = Session::login(&base, "operator", &pw("operator")).await;
-    assert!(operator.spool_alarm("spool_append_failing").await.is_none());
+    assert!(
+        spool_alarm(&operator, "spool_append_failing")
+            .await
+            .is_none()
+    );
 
     // Appends fail (disk full): the alarm is in the operators' list, high priority.
     // The real spool clears the flag on its next good append (the demo park's offline
@@ -180,7 +126,7 @@ async fn spool_failures_are_alarms_operators_acknowledge() {
         });
     }
     let a = until("the append-failing system alarm", || async {
-        operator.spool_alarm("spool_append_failing").await
+        spool_alarm(&operator, "spool_append_failing").await
     })
     .await;
     assert_eq!(a["priority"], "high", "{a}");
@@ -195,7 +141,9 @@ async fn spool_failures_are_alarms_operators_acknowledge() {
         )
         .await;
     assert_eq!(s, 200, "{body}");
-    let a = operator.spool_alarm("spool_append_failing").await.unwrap();
+    let a = spool_alarm(&operator, "spool_append_failing")
+        .await
+        .unwrap();
     assert_eq!(a["state"], "ack", "{a}");
     assert_eq!(a["acked_by"], "operator", "{a}");
 
@@ -203,8 +151,7 @@ async fn spool_failures_are_alarms_operators_acknowledge() {
     // normal and leaves the list.
     disk_bad.store(false, Relaxed);
     until("the append-failing alarm to return", || async {
-        operator
-            .spool_alarm("spool_append_failing")
+        spool_alarm(&operator, "spool_append_failing")
             .await
             .is_none()
             .then_some(())
@@ -215,13 +162,13 @@ async fn spool_failures_are_alarms_operators_acknowledge() {
     running.spool.readings_dropped_unsent.store(500, Relaxed);
     running.spool.overflow_alarm.store(true, Relaxed);
     let o = until("the overflow system alarm", || async {
-        operator.spool_alarm("spool_overflow").await
+        spool_alarm(&operator, "spool_overflow").await
     })
     .await;
     assert_eq!(o["state"], "unack", "{o}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        operator.spool_alarm("spool_overflow").await.is_some(),
+        spool_alarm(&operator, "spool_overflow").await.is_some(),
         "still listed while unacknowledged"
     );
     let (s, body) = operator
@@ -229,8 +176,7 @@ async fn spool_failures_are_alarms_operators_acknowledge() {
         .await;
     assert_eq!(s, 200, "{body}");
     until("the acknowledged overflow alarm to return", || async {
-        operator
-            .spool_alarm("spool_overflow")
+        spool_alarm(&operator, "spool_overflow")
             .await
             .is_none()
             .then_some(())
@@ -241,7 +187,7 @@ async fn spool_failures_are_alarms_operators_acknowledge() {
     // Journalled: the history has both activations.
     let history = until("the system alarms in the journal's history", || async {
         // (`point` filters by tag; a system alarm has none: filter here.)
-        let h = operator.get("/api/v1/alarms/history").await;
+        let h = operator.get_ok("/api/v1/alarms/history").await;
         let rows: Vec<Value> = h
             .as_array()?
             .iter()
