@@ -70,11 +70,15 @@ struct Args {
     keep: bool,
     /// Restart the MQTT broker at 3/4 of a timed run (default for `soak`).
     broker_restart: bool,
+    /// Readings per MQTT message (`--batch`): 1 = one reading per message on `gw/<tag>`;
+    /// more = a gateway's JSON array `{"r":[{"tag":…,"value":…,"ts":…},…]}` on `gwb/<n>`,
+    /// the way enterprise gateways publish one scan of their points.
+    batch: usize,
 }
 
 const USAGE: &str = "usage: e2e-bench burst|steady|modbus|soak [--points N] [--readings N] [--rate R] \
 [--seconds S] [--qos 0|1] [--probe-ms MS] [--devices D] [--registers R] [--hz H] [--warmup S] \
-[--outage S] [--broker-restart yes|no] [--daemon PATH] [--keep]";
+[--outage S] [--broker-restart yes|no] [--batch N] [--daemon PATH] [--keep]";
 
 fn args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
@@ -109,6 +113,7 @@ fn args() -> Result<Args> {
         daemon: None,
         keep: false,
         broker_restart,
+        batch: 1,
     };
     while let Some(k) = it.next() {
         let mut v = || it.next().with_context(|| format!("{k} needs a value"));
@@ -127,10 +132,14 @@ fn args() -> Result<Args> {
             "--daemon" => a.daemon = Some(v()?.into()),
             "--keep" => a.keep = true,
             "--broker-restart" => a.broker_restart = v()? != "no",
+            "--batch" => a.batch = v()?.parse()?,
             other => bail!("unknown option {other}\n{USAGE}"),
         }
     }
-    ensure!(a.points > 0 && a.qos <= 1 && a.probe_ms > 0, "{USAGE}");
+    ensure!(
+        a.points > 0 && a.qos <= 1 && a.probe_ms > 0 && (1..=1000).contains(&a.batch),
+        "{USAGE}"
+    );
     ensure!(
         (1..=247).contains(&a.devices) && (1..=125).contains(&a.registers),
         "need 1 ≤ devices ≤ 247 and 1 ≤ registers ≤ 125"
@@ -352,6 +361,24 @@ qos = {qos}
 "#,
         qos = a.qos
     );
+    if a.batch > 1 {
+        // Gateway batches: the tag inside each element of the array.
+        let _ = write!(
+            c,
+            r#"
+[[mqtt_subscription]]
+broker = "park"
+topic = "gwb/+"
+format = "json"
+tag_field = "tag"
+readings_field = "r"
+time_field = "ts"
+time_format = "epoch_ms"
+qos = {qos}
+"#,
+            qos = a.qos
+        );
+    }
     // Every probe alarm goes to the MQTT alarm channel (the load's values never alarm).
     let _ = write!(
         c,
@@ -392,6 +419,12 @@ limits = {{ h = 25, hh = 50, on_delay = "0s", off_delay = "0s" }}
         );
     }
     c
+}
+
+/// The load's `i`-th reading: value (never near a limit) and source time.
+fn value_at(i: usize, points: usize, base_ms: i64) -> (f64, i64) {
+    let k = i / points;
+    ((k % 200) as f64 * 0.1, base_ms + k as i64)
 }
 
 fn tag(i: usize) -> String {
@@ -711,9 +744,11 @@ struct LoadCtl {
 /// The load: `total` readings round-robin over `points`, at `rate` per second (0 = as fast
 /// as the broker takes them), from a thread of its own with the low-overhead publisher
 /// ([`parkguard_tests::loadgen`]). `progress` counts what was written to the socket.
+#[allow(clippy::too_many_arguments)]
 fn load_thread(
     port: u16,
     qos: u8,
+    batch: usize,
     points: usize,
     total: usize,
     rate: f64,
@@ -731,11 +766,14 @@ fn load_thread(
         let mut p = connect()?;
         let mut acked = 0u64;
         let topics: Vec<String> = (0..points).map(|i| format!("gw/{}", tag(i))).collect();
+        let gateways: Vec<String> = (0..points.div_ceil(batch).max(1))
+            .map(|g| format!("gwb/G{g:04}"))
+            .collect();
         let base_ms = now_ms();
         let t0 = Instant::now();
         let tick = Duration::from_millis(10);
         let mut i = 0usize;
-        let mut payload = String::with_capacity(64);
+        let mut payload = String::with_capacity(64 * batch);
         while i < total {
             let upto = if rate > 0.0 {
                 // Readings due by the end of the next 10 ms tick.
@@ -745,12 +783,29 @@ fn load_thread(
                 (i + 1000).min(total)
             };
             while i < upto {
-                let k = (i / points) as i64;
-                let v = ((i / points) % 200) as f64 * 0.1;
                 payload.clear();
-                let _ = write!(payload, r#"{{"value":{v:.1},"ts":{}}}"#, base_ms + k);
-                p.publish(&topics[i % points], payload.as_bytes())?;
-                i += 1;
+                if batch == 1 {
+                    let (v, ts) = value_at(i, points, base_ms);
+                    let _ = write!(payload, r#"{{"value":{v:.1},"ts":{ts}}}"#);
+                    p.publish(&topics[i % points], payload.as_bytes())?;
+                    i += 1;
+                } else {
+                    let end = (i + batch).min(upto);
+                    let gateway = (i / batch) % gateways.len();
+                    payload.push_str(r#"{"r":["#);
+                    for j in i..end {
+                        let (v, ts) = value_at(j, points, base_ms);
+                        let sep = if j == i { "" } else { "," };
+                        let _ = write!(
+                            payload,
+                            r#"{sep}{{"tag":"{}","value":{v:.1},"ts":{ts}}}"#,
+                            tag(j % points)
+                        );
+                    }
+                    payload.push_str("]}");
+                    p.publish(&gateways[gateway], payload.as_bytes())?;
+                    i = end;
+                }
             }
             p.flush()?;
             progress.store(i, Ordering::Release);
@@ -836,6 +891,7 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
     let load = load_thread(
         broker.port,
         a.qos,
+        a.batch,
         a.points,
         total,
         a.rate,
@@ -913,8 +969,9 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
     stop_probes.store(true, Ordering::SeqCst);
     let probe_published = probe_task.await??;
     println!(
-        "published {total} readings in {publish_secs:.2} s ({:.0}/s; {} PUBACKs at QoS {}) + {probe_published} probe readings",
+        "published {total} readings in {publish_secs:.2} s ({:.0}/s; {} per message; {} PUBACKs at QoS {}) + {probe_published} probe readings",
         total as f64 / publish_secs,
+        a.batch,
         acked,
         a.qos
     );
