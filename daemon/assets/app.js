@@ -193,7 +193,10 @@ function connectEvents() {
     onAlarmsChanged();
   });
   es.addEventListener('point', (e) => {
-    const p = JSON.parse(e.data);
+    // A new value carries only the fields that change (tag, value, quality, times,
+    // state); a state change carries the whole point. Merge either into what we hold.
+    const u = JSON.parse(e.data);
+    const p = Object.assign({}, S.points.get(u.tag), u);
     S.points.set(p.tag, p);
     updateMarker(p);
     if (S.route.startsWith('point/') && S.route.slice(6) === p.tag) renderPointHeader(p);

@@ -201,5 +201,38 @@ async fn flow(c: &Client, base: &str, broker: &parkguard_tests::Server) -> Resul
         "{state}"
     );
     shot(c, "04-alarm-acked-en").await?;
+
+    // A new value reaches the open point page live. The stream carries only the fields
+    // that change (value, quality, times, state); the page still shows the unit and the
+    // enterprise it holds from the point list.
+    js(c, "location.hash = '#/point/GT-1'; return null").await?;
+    wait_eq(
+        c,
+        "return document.querySelector('#point-value')?.textContent.includes('31.5') ?? false",
+        Value::Bool(true),
+        "point page with the alarm value",
+    )
+    .await?;
+    let payload = format!(r#"{{"value": 36.25, "ts": {}}}"#, now_ms());
+    mosquitto::publish(broker, "gw/GT-1", payload.as_bytes(), 1, false)?;
+    wait_eq(
+        c,
+        "return document.querySelector('#point-value')?.textContent.includes('36.') ?? false",
+        Value::Bool(true),
+        "the new value on the point page",
+    )
+    .await?;
+    let head = js(
+        c,
+        "return document.querySelector('#point-head').textContent",
+    )
+    .await?;
+    let head = head.as_str().unwrap_or_default();
+    assert!(
+        head.contains("%LEL"),
+        "unit kept after a live update: {head}"
+    );
+    assert!(!head.contains("undefined"), "{head}");
+    shot(c, "05-point-live-value").await?;
     Ok(alarm_id.into())
 }

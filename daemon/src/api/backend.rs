@@ -102,6 +102,27 @@ pub struct PointView {
     pub location: Option<GeoPoint>,
 }
 
+/// A point's new value on the live stream (SSE `point`, at most one per point per second):
+/// only what changes with a reading. The static fields of [`PointView`] (name, unit,
+/// range, limits, location) come from `GET /api/v1/points`; a client merges the update
+/// into the point it holds. State changes (alarm, quality, service) are sent as a full
+/// [`PointView`] at once.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PointUpdate<'a> {
+    /// Tag (位号).
+    pub tag: &'a str,
+    /// Last value (only when good and fresh).
+    pub value: Option<f64>,
+    /// Quality, snake_case (`good`, `comm_lost`, `stale`, …; `none` before the first).
+    pub quality: &'static str,
+    /// Device/source time of the last value, ms since the epoch.
+    pub source_time_ms: Option<i64>,
+    /// Receive time of the last value, ms since the epoch.
+    pub receive_time_ms: Option<i64>,
+    /// Alarm/quality state.
+    pub state: PointState,
+}
+
 /// One sample of a point's history.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sample {

@@ -185,15 +185,70 @@ fn grade(g: parkguard_rules::Grade) -> Grade {
 }
 
 fn quality_name(q: parkguard_rules::Quality) -> String {
-    match serde_json::to_value(q) {
-        Ok(serde_json::Value::Object(m)) => m
-            .get("q")
-            .and_then(|v| v.as_str())
-            .unwrap_or("fault")
-            .to_string(),
-        Ok(serde_json::Value::String(s)) => s,
-        _ => "fault".into(),
+    quality_str(q).to_string()
+}
+
+/// The snake_case name of a quality, as its serde tag `q` (checked by a test).
+fn quality_str(q: parkguard_rules::Quality) -> &'static str {
+    use parkguard_rules::Quality as Q;
+    match q {
+        Q::Good => "good",
+        Q::CommLost => "comm_lost",
+        Q::DeviceException { .. } => "device_exception",
+        Q::OutOfRange => "out_of_range",
+        Q::Fault => "fault",
+        Q::Maintenance => "maintenance",
+        Q::Inhibited => "inhibited",
+        Q::Stale => "stale",
     }
+}
+
+/// Rank of a point state: the worst one of a point's alarms and its quality is shown.
+fn state_rank(s: PointState) -> u8 {
+    match s {
+        PointState::AlarmUnack => 6,
+        PointState::AlarmAck => 5,
+        PointState::RtnUnack => 4,
+        PointState::Fault => 3,
+        PointState::Shelved => 2,
+        PointState::OutOfService => 1,
+        PointState::Normal => 0,
+    }
+}
+
+/// The console state of one alarm.
+fn alarm_point_state(s: EState) -> PointState {
+    match s {
+        EState::Unacknowledged => PointState::AlarmUnack,
+        EState::Acknowledged => PointState::AlarmAck,
+        EState::ReturnedUnacknowledged => PointState::RtnUnack,
+        EState::Shelved | EState::SuppressedByDesign => PointState::Shelved,
+        EState::OutOfService => PointState::OutOfService,
+        EState::Normal => PointState::Normal,
+    }
+}
+
+/// A point's state from the worst state of its alarms and its quality.
+fn point_state(alarms: PointState, quality: Option<parkguard_rules::Quality>) -> PointState {
+    if quality.is_some_and(|q| !q.is_good()) && state_rank(PointState::Fault) > state_rank(alarms) {
+        PointState::Fault
+    } else {
+        alarms
+    }
+}
+
+/// The worst alarm state of every point that has alarms in `snap` (one pass over the
+/// alarms, so the pump does not scan them once per point).
+fn alarm_states(snap: &Snapshot) -> HashMap<&str, PointState> {
+    let mut m: HashMap<&str, PointState> = HashMap::new();
+    for a in &snap.alarms {
+        let s = alarm_point_state(a.state);
+        let e = m.entry(a.source.as_str()).or_insert(PointState::Normal);
+        if state_rank(s) > state_rank(*e) {
+            *e = s;
+        }
+    }
+    m
 }
 
 /// Map a refused command to the API's error: unknown → 404, wrong state → 409, bad
@@ -410,33 +465,15 @@ impl EngineBackend {
     fn point_view(&self, snap: &Snapshot, tag: &str) -> Option<PointView> {
         let p = self.parts.table.by_tag(tag)?;
         let live = snap.points.get(p.id.index()).filter(|v| v.tag == p.tag);
-        let mut state = PointState::Normal;
-        let rank = |s: PointState| match s {
-            PointState::AlarmUnack => 6,
-            PointState::AlarmAck => 5,
-            PointState::RtnUnack => 4,
-            PointState::Fault => 3,
-            PointState::Shelved => 2,
-            PointState::OutOfService => 1,
-            PointState::Normal => 0,
-        };
+        let mut alarms = PointState::Normal;
         for a in snap.alarms.iter().filter(|a| a.source == p.tag) {
-            let s = match a.state {
-                EState::Unacknowledged => PointState::AlarmUnack,
-                EState::Acknowledged => PointState::AlarmAck,
-                EState::ReturnedUnacknowledged => PointState::RtnUnack,
-                EState::Shelved | EState::SuppressedByDesign => PointState::Shelved,
-                EState::OutOfService => PointState::OutOfService,
-                EState::Normal => PointState::Normal,
-            };
-            if rank(s) > rank(state) {
-                state = s;
+            let s = alarm_point_state(a.state);
+            if state_rank(s) > state_rank(alarms) {
+                alarms = s;
             }
         }
         let quality = live.and_then(|v| v.quality);
-        if quality.is_some_and(|q| !q.is_good()) && rank(PointState::Fault) > rank(state) {
-            state = PointState::Fault;
-        }
+        let state = point_state(alarms, quality);
         Some(PointView {
             tag: p.tag.clone(),
             name: p.name.clone(),
@@ -2082,12 +2119,24 @@ pub async fn pump(
                 let snap = snaps.borrow_and_update().clone();
                 last_rx.resize(snap.points.len(), None);
                 let now = Instant::now();
+                // New values go out as the compact `PointUpdate` (the dynamic fields only;
+                // the console keeps the rest from `/api/v1/points`): at 10,000 points a
+                // full `PointView` per changed point per second cost ~11 % of the daemon's
+                // CPU in a burst and most of the SSE ring's memory (issue #11).
+                let states = alarm_states(&snap);
                 for (i, p) in snap.points.iter().enumerate() {
                     if p.receive_time != last_rx[i] {
                         last_rx[i] = p.receive_time;
-                        if let Some(pv) = backend.point_view(&snap, &p.tag) {
-                            hub.publish_point(&p.tag, &pv, now);
-                        }
+                        let alarms = states.get(p.tag.as_str()).copied().unwrap_or(PointState::Normal);
+                        let update = PointUpdate {
+                            tag: &p.tag,
+                            value: p.value,
+                            quality: p.quality.map(quality_str).unwrap_or("none"),
+                            source_time_ms: p.source_time.map(ms),
+                            receive_time_ms: p.receive_time.map(ms),
+                            state: point_state(alarms, p.quality),
+                        };
+                        hub.publish_point(&p.tag, &update, now);
                     }
                 }
             }
@@ -2136,6 +2185,26 @@ mod tests {
         assert_eq!(alarm_num("GT-1:H"), alarm_num("GT-1:H"));
         assert_ne!(alarm_num("GT-1:H"), alarm_num("GT-1:HH"));
         assert!(alarm_num("device/GW-1:COMM_LOST") < 1 << 53);
+    }
+
+    /// The quality names on the stream and in the REST views are the serde tags of
+    /// `Quality` (the console and API clients compare them).
+    #[test]
+    fn quality_names_are_the_serde_tags() {
+        use parkguard_rules::Quality as Q;
+        for q in [
+            Q::Good,
+            Q::CommLost,
+            Q::DeviceException { code: 2 },
+            Q::OutOfRange,
+            Q::Fault,
+            Q::Maintenance,
+            Q::Inhibited,
+            Q::Stale,
+        ] {
+            let v = serde_json::to_value(q).unwrap();
+            assert_eq!(v["q"].as_str(), Some(quality_str(q)), "{q:?}");
+        }
     }
 
     #[test]
@@ -2454,6 +2523,100 @@ mod tests {
                 .any(|(k, d)| k == "point" && d.contains("\"state\":\"alarm_unack\"")),
             "{kinds:?}"
         );
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    /// A new snapshot sends each changed point as the compact update: value, quality,
+    /// times and state (alarm, or fault for bad quality), without the static fields.
+    #[tokio::test]
+    async fn new_values_go_out_as_compact_point_updates() {
+        let table = table();
+        let mut engine = Engine::new(table.clone(), EngineConfig::default(), Vec::new());
+        let (req_tx, _req_rx) = mpsc::channel(1);
+        let (ev_tx, _) = broadcast::channel(16);
+        let (snap_tx, snap_rx) = watch::channel(Arc::new(engine.snapshot()));
+        let backend = EngineBackend::new(BackendParts {
+            engine: EngineHandle {
+                requests: req_tx,
+                events: ev_tx,
+                snapshot: snap_rx,
+                limits: None,
+            },
+            table,
+            engine_config: EngineConfig::default(),
+            journal_path: None,
+            archive_dir: None,
+            modbus: None,
+            mqtt: Vec::new(),
+            linkage: None,
+            spool: None,
+            influx: [None, None],
+        });
+        let hub = Arc::new(EventHub::new(HubSettings::default(), 1));
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(pump(backend, hub.clone(), cancel.clone()));
+        let t = system_now();
+        let mut out = Vec::new();
+        let reading = |value, quality| Reading {
+            point: PointId(0),
+            value,
+            unit: Unit::PercentLel,
+            quality,
+            source_time: t,
+            receive_time: t,
+        };
+        let points = |hub: &EventHub| -> Vec<serde_json::Value> {
+            hub.subscribe(Some(0))
+                .replay
+                .iter()
+                .filter(|e| &*e.kind == "point")
+                .map(|e| serde_json::from_str(e.data()).unwrap())
+                .collect()
+        };
+        let wait_for = |n: usize| {
+            let hub = hub.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(10), async {
+                    loop {
+                        let p = points(&hub);
+                        if p.len() >= n {
+                            return p;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+                .await
+                .unwrap()
+            }
+        };
+        engine.on_readings(&[reading(60.0, Quality::Good)], &mut out);
+        snap_tx.send(Arc::new(engine.snapshot())).unwrap();
+        let got = wait_for(1).await;
+        let u = &got[0];
+        assert_eq!(u["tag"], "GT-1", "{u}");
+        assert_eq!(u["value"], 60.0, "{u}");
+        assert_eq!(u["quality"], "good", "{u}");
+        assert_eq!(u["state"], "alarm_unack", "{u}");
+        assert_eq!(u["source_time_ms"], u["receive_time_ms"], "{u}");
+        assert!(u["source_time_ms"].as_i64().is_some(), "{u}");
+        assert!(u.get("name").is_none() && u.get("limits").is_none(), "{u}");
+
+        // A bad reading a second later (the throttle lets one update per point per
+        // second through): no value shown as good, and the fault shows.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let t2 = system_now();
+        let mut bad = reading(0.0, Quality::Fault);
+        bad.source_time = t2;
+        bad.receive_time = t2;
+        engine.on_readings(&[bad], &mut out);
+        snap_tx.send(Arc::new(engine.snapshot())).unwrap();
+        let got = wait_for(2).await;
+        let u = &got[1];
+        assert_eq!(u["quality"], "fault", "{u}");
+        assert!(u["value"].is_null(), "{u}");
+        // The alarm (latched while unacknowledged) outranks the fault.
+        assert_eq!(u["state"], "alarm_unack", "{u}");
         cancel.cancel();
         task.await.unwrap();
     }
