@@ -484,7 +484,7 @@ fn take_batch(
     key: &str,
     max_batch: usize,
 ) -> Result<(u64, Vec<BatchRow>), OutboxError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let head: Option<(i64, i64, Option<i64>)> = tx
         .query_row(
             "SELECT seq, event_id, batch FROM outbox
@@ -541,7 +541,7 @@ fn mark(
     error: Option<&str>,
     receipt: Option<&str>,
 ) -> Result<(), OutboxError> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
         let mut st = tx.prepare(
             "UPDATE outbox SET status = ?2, attempts = attempts + 1, next_attempt = ?3,
@@ -723,9 +723,11 @@ async fn worker_loop<D: Deliver>(
 mod tests {
     use super::*;
 
-    /// The journal writer commits while the worker fixes a batch (read, then write in one
-    /// deferred transaction): SQLite answers busy at once, without the busy timeout. The
-    /// worker must retry, not fail (it used to fail and restart 2 s later).
+    /// The journal writer commits while the worker fixes a batch. A deferred transaction
+    /// that reads, then writes, got busy at once from SQLite (no busy timeout: its read
+    /// snapshot was stale); the worker's transactions now begin IMMEDIATE (the write lock
+    /// first, waiting up to the busy timeout) and still retry a busy answer. The worker
+    /// must never fail here (it used to fail and restart 2 s later).
     #[test]
     fn taking_batches_while_another_connection_writes_never_fails() {
         let dir = tempfile::tempdir().unwrap();
