@@ -13,6 +13,7 @@ pub mod demo;
 pub mod drill;
 pub mod engine_task;
 pub mod linkage;
+pub mod mem;
 pub mod run;
 pub mod store;
 pub mod topology;

@@ -105,6 +105,12 @@ pub fn run_config_with(cfg: ParkConfig, extras: Extras) -> Result<()> {
             }
         }
         let running = crate::topology::start(&cfg, shutdown.clone()).await?;
+        // The config's parse tree and the start-up's transient buffers are freed by now:
+        // give them back to the system, and so on every 30 s (e.g. after an outage's
+        // backlog was delivered). See `crate::mem`.
+        let released = crate::mem::release_free_heap();
+        tracing::debug!(released, "freed start-up heap given back");
+        tokio::spawn(crate::mem::trim_periodically(shutdown.clone()));
         // parkguard's own health as alarms in the operators' list (spool, InfluxDB).
         let _system_alarms = spawn_system_alarms(
             running.engine.clone(),
