@@ -194,3 +194,75 @@ impl Publisher {
         Ok(acked)
     }
 }
+
+/// The broker's ceiling: a subscriber that does nothing with the messages. Connects to
+/// `127.0.0.1:port` (clean session), subscribes to `filter` at QoS 0, signals `ready`, and
+/// counts PUBLISH packets (read through a 64 KiB buffer, bodies skipped) until `n` arrived
+/// or nothing came for `quiet`. Returns (count, first → last arrival). The benchmarks run
+/// it beside parkguard's subscriber to show what mosquitto and the publisher leave of this
+/// machine for any subscriber.
+pub fn count_publishes(
+    port: u16,
+    filter: &str,
+    n: usize,
+    quiet: Duration,
+    ready: std::sync::mpsc::Sender<()>,
+) -> Result<(usize, Duration)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).context("connect to the broker")?;
+    let mut body = Vec::new();
+    put_str(&mut body, b"MQTT");
+    body.push(4);
+    body.push(0x02);
+    body.extend_from_slice(&60u16.to_be_bytes());
+    put_str(
+        &mut body,
+        format!("bench-null-{}", std::process::id()).as_bytes(),
+    );
+    let mut pkt = vec![0x10];
+    put_remaining_length(&mut pkt, body.len());
+    pkt.extend_from_slice(&body);
+    stream.write_all(&pkt)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let (first, _) = read_packet(&mut stream).context("CONNACK")?;
+    ensure!(first == 0x20, "no CONNACK: {first:#x}");
+    let mut body = 1u16.to_be_bytes().to_vec();
+    put_str(&mut body, filter.as_bytes());
+    body.push(0);
+    let mut pkt = vec![0x82];
+    put_remaining_length(&mut pkt, body.len());
+    pkt.extend_from_slice(&body);
+    stream.write_all(&pkt)?;
+    let (first, _) = read_packet(&mut stream).context("SUBACK")?;
+    ensure!(first == 0x90, "no SUBACK: {first:#x}");
+    let _ = ready.send(());
+    stream.set_read_timeout(Some(quiet))?;
+    let mut r = std::io::BufReader::with_capacity(1 << 16, stream);
+    let mut skip = vec![0u8; 1 << 16];
+    let (mut count, mut first_at, mut last_at) = (0usize, None, Instant::now());
+    while count < n {
+        let mut b = [0u8; 1];
+        if r.read_exact(&mut b).is_err() {
+            break;
+        }
+        let kind = b[0] >> 4;
+        let (mut len, mut mult) = (0usize, 1usize);
+        loop {
+            r.read_exact(&mut b)?;
+            len += (b[0] & 0x7f) as usize * mult;
+            if b[0] & 0x80 == 0 {
+                break;
+            }
+            mult *= 128;
+        }
+        if skip.len() < len {
+            skip.resize(len, 0);
+        }
+        r.read_exact(&mut skip[..len])?;
+        if kind == 3 {
+            count += 1;
+            last_at = Instant::now();
+            first_at.get_or_insert(last_at);
+        }
+    }
+    Ok((count, first_at.map(|f| last_at - f).unwrap_or_default()))
+}

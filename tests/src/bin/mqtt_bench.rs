@@ -44,6 +44,7 @@ fn main() -> Result<()> {
         .build()?;
     println!("mqtt_bench: {n} JSON messages, {POINTS} points, mosquitto on loopback");
     decode_only(n)?;
+    null_subscriber(n)?;
     for qos in [0u8, 1] {
         rt.block_on(run(qos, n, false))?;
     }
@@ -51,6 +52,41 @@ fn main() -> Result<()> {
     println!(
         "peak RSS of the subscriber process: {:.1} MiB",
         status_kib("VmHWM")? as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// The ceiling of this machine for any subscriber: the same QoS 0 load through mosquitto
+/// to a subscriber that only counts the packets ([`parkguard_tests::loadgen::count_publishes`]).
+fn null_subscriber(n: usize) -> Result<()> {
+    let server = mosquitto::start()?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let port = server.port;
+    let cpu0 = cpu_ms()?;
+    let counter = std::thread::spawn(move || {
+        parkguard_tests::loadgen::count_publishes(
+            port,
+            "bench/+",
+            n,
+            Duration::from_secs(5),
+            ready_tx,
+        )
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .context("null subscriber never subscribed")?;
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .args(["--publisher", &port.to_string(), "0", &n.to_string()])
+        .status()?;
+    let (got, span) = counter
+        .join()
+        .map_err(|_| anyhow::anyhow!("counter panicked"))??;
+    let cpu = cpu_ms()? - cpu0;
+    println!(
+        "QoS 0 to a null subscriber (mosquitto + publisher ceiling): {got}/{n} in {:.2} s = {:.0} msg/s; its CPU {:.2} ms per 1,000 messages; publisher {status}",
+        span.as_secs_f64(),
+        got as f64 / span.as_secs_f64().max(1e-9),
+        cpu / got.max(1) as f64 * 1000.0,
     );
     Ok(())
 }
