@@ -435,7 +435,9 @@ const GROUP_READINGS: usize = 65_536;
 /// Batches between the recorder and the spool writer. Back-pressure: when the disk is
 /// slower than the input for this many batches, the recorder waits, and with it the
 /// sources (MQTT leaves its messages unacknowledged at the broker, Modbus polls wait).
-const SPOOL_QUEUE: usize = 1024;
+/// The writer takes everything waiting into one append, so a short queue costs no
+/// throughput; 1,024 batches (of up to 4,096 readings) held up to ~40 MiB in a burst.
+const SPOOL_QUEUE: usize = 64;
 
 /// A batch on its way to the spool, with the MQTT subscriber's completion signal.
 struct SpoolWork {
