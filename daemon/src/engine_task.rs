@@ -22,7 +22,8 @@
 //!   *waits* when it is full, because an alarm event that is not journalled must not be
 //!   announced. A stalled journal therefore stalls the engine and, through the readings
 //!   channel, the sources; that is the intended failure mode. Notifications must be driven
-//!   from what the journal committed, never from the broadcast.
+//!   from the journal thread (which queues them in the transaction), never from the
+//!   broadcast.
 //! - **events** (`broadcast`, [`EngineTaskConfig::event_capacity`]): for SSE and live views.
 //!   Never blocks the engine: a receiver that falls behind loses the oldest events and gets
 //!   `RecvError::Lagged(n)` (it counts them) and must resynchronise from the snapshot.

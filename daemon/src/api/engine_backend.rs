@@ -2026,7 +2026,7 @@ impl ApiBackend for EngineBackend {
 /// and new values (from the snapshot, throttled per point by the hub). When the broadcast
 /// lags, the pump republishes every alarm and point state from the snapshot.
 ///
-/// Alarm and warning events go through a task of their own ([`alarm_pump`]): in one loop
+/// Alarm and warning events go through a task of their own (`alarm_pump`): in one loop
 /// with the point updates, an alarm waited while the pump serialised the 10,000 points of a
 /// snapshot (once a second, milliseconds each time; issue #11).
 pub async fn pump(
