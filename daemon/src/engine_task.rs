@@ -22,12 +22,16 @@
 //!   *waits* when it is full, because an alarm event that is not journalled must not be
 //!   announced. A stalled journal therefore stalls the engine and, through the readings
 //!   channel, the sources; that is the intended failure mode. Notifications must be driven
-//!   from what the journal committed, never from the broadcast.
+//!   from the journal thread (which queues them in the transaction), never from the
+//!   broadcast.
 //! - **events** (`broadcast`, [`EngineTaskConfig::event_capacity`]): for SSE and live views.
 //!   Never blocks the engine: a receiver that falls behind loses the oldest events and gets
 //!   `RecvError::Lagged(n)` (it counts them) and must resynchronise from the snapshot.
 //! - **snapshot** (`watch`): the latest [`Snapshot`] after every tick, command and limit
 //!   change; readers see only the newest value, the engine never waits.
+//!
+//! The task runs on a thread of its own (see [`spawn`]), so that alarm evaluation never
+//! queues behind the other tasks of the daemon's runtime.
 //!
 //! Order: the task handles one message at a time, and when several are waiting it takes a
 //! request first, then a due tick, then readings (`biased` select). So a request (an
@@ -227,7 +231,59 @@ pub fn spawn(
         clock: cfg.clock,
     };
     let span = info_span!("engine", drill = drill.as_deref().unwrap_or(""));
-    let join = tokio::spawn(task.run(readings, req_rx, cfg.tick).instrument(span));
+    // A thread of its own with a current-thread runtime: on the shared runtime a reading
+    // that crosses a limit waited behind whatever else was running there — the MQTT
+    // subscriber's decoding, the SSE pump serialising 10,000 points every second, HTTP
+    // handlers — and on 2 cores that was milliseconds at p99 (issue #11). The engine's own
+    // work is small. A plain thread, not `spawn_blocking`: dropping the daemon's runtime
+    // must not wait for it. If the thread or its runtime cannot be made, the task runs on
+    // the caller's runtime as before.
+    type Run = std::pin::Pin<Box<dyn std::future::Future<Output = Engine> + Send>>;
+    let run: Run = Box::pin(task.run(readings, req_rx, cfg.tick).instrument(span));
+    let slot = Arc::new(std::sync::Mutex::new(Some(run)));
+    let take = |slot: &std::sync::Mutex<Option<Run>>| {
+        slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+    };
+    let (done_tx, done_rx) = oneshot::channel::<std::thread::Result<Engine>>();
+    let thread_slot = Arc::clone(&slot);
+    let spawned = std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || {
+            let Some(run) = take(&thread_slot) else {
+                return;
+            };
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                Ok(rt) => {
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        rt.block_on(run)
+                    }));
+                    let _ = done_tx.send(r);
+                }
+                Err(e) => {
+                    warn!(error = %e, "no runtime for the engine thread: the engine task runs on the shared runtime");
+                    // Give the task back; the caller's side runs it (below).
+                    *thread_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(run);
+                    drop(done_tx);
+                }
+            }
+        });
+    if let Err(e) = &spawned {
+        warn!(error = %e, "no engine thread: the engine task runs on the shared runtime");
+    }
+    let join = tokio::spawn(async move {
+        match done_rx.await {
+            Ok(Ok(engine)) => engine,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            // No thread or no runtime there: run the task here.
+            Err(_) => match take(&slot) {
+                Some(run) => run.await,
+                None => std::future::pending().await,
+            },
+        }
+    });
     (handle, join)
 }
 
@@ -342,13 +398,22 @@ impl Task {
             return;
         }
         let events = std::mem::take(&mut self.out);
-        if let Some(j) = &self.journal
-            && j.send(events.clone()).await.is_err()
-        {
-            warn!(
-                events = events.len(),
-                "alarm journal channel closed: events not journalled"
-            );
+        if let Some(j) = &self.journal {
+            // `try_send` first: `send().await` spends the task's cooperative budget and,
+            // once it is used up, yields even when the channel has room, so the events
+            // (and the broadcast below) waited behind every other task of the runtime:
+            // up to 13 ms at 5,000 readings/s (issue #11). Waiting only when full.
+            let closed = match j.try_send(events.clone()) {
+                Ok(()) => false,
+                Err(mpsc::error::TrySendError::Full(evs)) => j.send(evs).await.is_err(),
+                Err(mpsc::error::TrySendError::Closed(_)) => true,
+            };
+            if closed {
+                warn!(
+                    events = events.len(),
+                    "alarm journal channel closed: events not journalled"
+                );
+            }
         }
         for ev in events {
             // Err only when nobody listens: nothing to do.

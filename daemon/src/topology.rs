@@ -179,7 +179,11 @@ pub async fn start_with(
             r.get(0)
         })
         .context("cannot read the alarm journal")?;
-    let next_id = real_max.unwrap_or(0).max(0) as u64 + 1;
+    // Above the linkage watermark too: ids up to it may have been published ahead of
+    // their commit before a crash (linkage::wire, early delivery) and must not be reused.
+    let watermark = crate::linkage::wire::event_id_watermark(journal.connection())
+        .context("cannot read the alarm journal")?;
+    let next_id = (real_max.unwrap_or(0).max(0) as u64).max(watermark) + 1;
     engine.set_next_event_id(next_id);
     info!(restored = restore.len(), next_event_id = next_id, report = ?report, "alarm states rebuilt from the journal");
 

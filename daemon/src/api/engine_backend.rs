@@ -2062,15 +2062,73 @@ impl ApiBackend for EngineBackend {
 /// `alarm`, the point's new state as `point` (unthrottled), warning changes as `warning`,
 /// and new values (from the snapshot, throttled per point by the hub). When the broadcast
 /// lags, the pump republishes every alarm and point state from the snapshot.
+///
+/// Alarm and warning events go through a task of their own (`alarm_pump`): in one loop
+/// with the point updates, an alarm waited while the pump serialised the 10,000 points of a
+/// snapshot (once a second, milliseconds each time; issue #11).
 pub async fn pump(
     backend: Arc<EngineBackend>,
     hub: Arc<EventHub>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let _ = backend.hub.set(hub.clone());
-    let mut events = backend.parts.engine.events.subscribe();
+    // Subscribed here, before this function returns to its caller's first await: no event
+    // published after `pump` started is missed.
+    let events = backend.parts.engine.events.subscribe();
+    let alarms = tokio::spawn(alarm_pump(
+        Arc::clone(&backend),
+        Arc::clone(&hub),
+        events,
+        shutdown.clone(),
+    ));
     let mut snaps = backend.parts.engine.snapshot.clone();
     let mut last_rx: Vec<Option<Timestamp>> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = snaps.changed() => {
+                if changed.is_err() {
+                    // The engine task ended; only events (if any) remain.
+                    shutdown.cancelled().await;
+                    return;
+                }
+                let snap = snaps.borrow_and_update().clone();
+                last_rx.resize(snap.points.len(), None);
+                let now = Instant::now();
+                // New values go out as the compact `PointUpdate` (the dynamic fields only;
+                // the console keeps the rest from `/api/v1/points`): at 10,000 points a
+                // full `PointView` per changed point per second cost ~11 % of the daemon's
+                // CPU in a burst and most of the SSE ring's memory (issue #11).
+                let states = alarm_states(&snap);
+                for (i, p) in snap.points.iter().enumerate() {
+                    if p.receive_time != last_rx[i] {
+                        last_rx[i] = p.receive_time;
+                        let alarms = states.get(p.tag.as_str()).copied().unwrap_or(PointState::Normal);
+                        let update = PointUpdate {
+                            tag: &p.tag,
+                            value: p.value,
+                            quality: p.quality.map(quality_str).unwrap_or("none"),
+                            source_time_ms: p.source_time.map(ms),
+                            receive_time_ms: p.receive_time.map(ms),
+                            state: point_state(alarms, p.quality),
+                        };
+                        hub.publish_point(&p.tag, &update, now);
+                    }
+                }
+            }
+        }
+    }
+    let _ = alarms.await;
+}
+
+/// The alarm half of [`pump`]: engine events to the hub, resynchronising from the snapshot
+/// when the broadcast lagged. Ends on `shutdown` or when the engine's broadcast closes.
+async fn alarm_pump(
+    backend: Arc<EngineBackend>,
+    hub: Arc<EventHub>,
+    mut events: tokio::sync::broadcast::Receiver<Arc<parkguard_rules::engine::Event>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -2110,36 +2168,6 @@ pub async fn pump(
                 }
                 Err(RecvError::Closed) => return,
             },
-            changed = snaps.changed() => {
-                if changed.is_err() {
-                    // The engine task ended; only events (if any) remain.
-                    shutdown.cancelled().await;
-                    return;
-                }
-                let snap = snaps.borrow_and_update().clone();
-                last_rx.resize(snap.points.len(), None);
-                let now = Instant::now();
-                // New values go out as the compact `PointUpdate` (the dynamic fields only;
-                // the console keeps the rest from `/api/v1/points`): at 10,000 points a
-                // full `PointView` per changed point per second cost ~11 % of the daemon's
-                // CPU in a burst and most of the SSE ring's memory (issue #11).
-                let states = alarm_states(&snap);
-                for (i, p) in snap.points.iter().enumerate() {
-                    if p.receive_time != last_rx[i] {
-                        last_rx[i] = p.receive_time;
-                        let alarms = states.get(p.tag.as_str()).copied().unwrap_or(PointState::Normal);
-                        let update = PointUpdate {
-                            tag: &p.tag,
-                            value: p.value,
-                            quality: p.quality.map(quality_str).unwrap_or("none"),
-                            source_time_ms: p.source_time.map(ms),
-                            receive_time_ms: p.receive_time.map(ms),
-                            state: point_state(alarms, p.quality),
-                        };
-                        hub.publish_point(&p.tag, &update, now);
-                    }
-                }
-            }
         }
     }
 }

@@ -73,6 +73,9 @@ impl Event {
     }
 }
 
+/// Point updates flushed per hold of the hub's lock.
+const FLUSH_SLICE: usize = 256;
+
 /// Hub settings.
 #[derive(Clone, Debug)]
 pub struct HubSettings {
@@ -99,6 +102,8 @@ struct Inner {
     ring: VecDeque<Arc<Event>>,
     last_point: HashMap<String, Instant>,
     pending: HashMap<String, String>,
+    /// When each point's state was last published ([`EventHub::publish_point_state`]).
+    state_at: HashMap<String, Instant>,
 }
 
 /// What a new subscriber gets.
@@ -130,6 +135,7 @@ impl EventHub {
                 ring: VecDeque::with_capacity(settings.ring.min(65_536)),
                 last_point: HashMap::new(),
                 pending: HashMap::new(),
+                state_at: HashMap::new(),
             }),
             tx,
             settings,
@@ -167,6 +173,12 @@ impl EventHub {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
+        // Alarm events and point values are published by two tasks (the alarm one must
+        // not wait for 10,000 point updates): a value taken from a snapshot older than the
+        // point's last published state would overwrite that state in the console. Dropped.
+        if g.state_at.get(tag).is_some_and(|t| *t > now) {
+            return None;
+        }
         let due = g
             .last_point
             .get(tag)
@@ -197,34 +209,44 @@ impl EventHub {
         };
         g.pending.remove(tag);
         g.last_point.insert(tag.to_string(), now);
+        g.state_at.insert(tag.to_string(), now);
         self.push(&mut g, "point", text)
     }
 
     /// Send the kept point updates whose interval has passed. [`EventHub::run_flusher`]
     /// calls it periodically.
     pub fn flush_points(&self, now: Instant) -> usize {
-        let mut g = match self.inner.lock() {
+        let lock = || match self.inner.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
         let interval = self.settings.point_interval;
-        let due: Vec<String> = g
-            .pending
-            .keys()
-            .filter(|tag| {
-                g.last_point
-                    .get(*tag)
-                    .is_none_or(|t| now.duration_since(*t) >= interval)
-            })
-            .cloned()
-            .collect();
-        for tag in &due {
-            if let Some(text) = g.pending.remove(tag) {
-                g.last_point.insert(tag.clone(), now);
-                self.push(&mut g, "point", text);
+        let due: Vec<String> = {
+            let g = lock();
+            g.pending
+                .keys()
+                .filter(|tag| {
+                    g.last_point
+                        .get(*tag)
+                        .is_none_or(|t| now.duration_since(*t) >= interval)
+                })
+                .cloned()
+                .collect()
+        };
+        // In slices, letting go of the lock in between: up to 10,000 points may be due at
+        // once, and an alarm event published meanwhile must not wait for all of them.
+        let mut sent = 0;
+        for chunk in due.chunks(FLUSH_SLICE) {
+            let mut g = lock();
+            for tag in chunk {
+                if let Some(text) = g.pending.remove(tag) {
+                    g.last_point.insert(tag.clone(), now);
+                    self.push(&mut g, "point", text);
+                    sent += 1;
+                }
             }
         }
-        due.len()
+        sent
     }
 
     /// Flush throttled point updates until `cancel` fires.
@@ -359,5 +381,27 @@ mod tests {
             .map(|e| e.data().to_string())
             .collect();
         assert_eq!(got, vec!["\"v1 normal\"", "\"v3 alarm\""]);
+    }
+
+    #[test]
+    fn a_value_older_than_the_published_state_is_dropped() {
+        let hub = EventHub::new(HubSettings::default(), 1);
+        let t0 = Instant::now();
+        let mut sub = hub.subscribe(None);
+        // The alarm task published the new state at t0 + 200 ms; the point task is still
+        // going through a snapshot it took at t0 + 100 ms.
+        hub.publish_point_state("GT-1", &"v2 alarm", t0 + Duration::from_millis(200));
+        assert!(
+            hub.publish_point("GT-1", &"v1 normal", t0 + Duration::from_millis(100))
+                .is_none()
+        );
+        assert_eq!(hub.flush_points(t0 + Duration::from_secs(5)), 0);
+        // A later value goes out (throttled as usual).
+        hub.publish_point("GT-1", &"v3 alarm", t0 + Duration::from_millis(300));
+        assert_eq!(hub.flush_points(t0 + Duration::from_secs(5)), 1);
+        let got: Vec<String> = std::iter::from_fn(|| sub.rx.try_recv().ok())
+            .map(|e| e.data().to_string())
+            .collect();
+        assert_eq!(got, vec!["\"v2 alarm\"", "\"v3 alarm\""]);
     }
 }

@@ -16,6 +16,15 @@
 //!   interrupted mid-flight is resent under the same key; receivers dedup on it).
 //! - **Back-pressure**: the table is the queue, bounded only by disk; the lead's journal
 //!   transaction never waits on delivery. [`channel_summaries`] reports the backlog.
+//! - **Early delivery** ([`run_worker_early`]): the journal thread may hand a notification
+//!   to the worker *before* its transaction is durable, so that an alarm does not wait for
+//!   two fsyncs (the journal commit and the worker's own batch bookkeeping: 2 × 3.5 ms at
+//!   the median on this project's disks, 50 ms and more at p99 when the spool syncs too).
+//!   The worker publishes it at once when nothing older of its group is pending (order per
+//!   enterprise holds) and the grouping window allows it; the outbox row, committed with
+//!   the journal record, stays the at-least-once record: when the worker later takes the
+//!   row it marks it delivered without sending it again. Why publishing before the commit
+//!   is safe: see [`crate::linkage::wire`] (a crash in between).
 
 use super::group::{GroupHead, Grouping, Plan, plan};
 use super::route::Admitted;
@@ -571,6 +580,19 @@ fn fnv1a(s: &str) -> u64 {
     })
 }
 
+/// Sends notifications to a channel's worker ahead of their journal commit (see the module
+/// docs). Back-pressure: the journal thread only ever `try_send`s; when the queue is full
+/// the notification is simply not sent early and its outbox row delivers it as usual.
+pub type EarlyTx = tokio::sync::mpsc::Sender<Notification>;
+/// The worker's end of [`EarlyTx`].
+pub type EarlyRx = tokio::sync::mpsc::Receiver<Notification>;
+/// Capacity of an early queue (notifications).
+pub const EARLY_CAPACITY: usize = 256;
+/// Most early-sent event ids a worker remembers while waiting for their rows (a row
+/// normally follows within milliseconds; the oldest are forgotten first, and a forgotten
+/// one is merely sent a second time: at least once).
+const EARLY_REMEMBERED: usize = 4096;
+
 /// Deliver the outbox rows of `channel` until `cancel` fires. One worker per channel and
 /// database. `wake` is notified by whoever enqueues (after commit); the table is also
 /// polled every `cfg.poll`. Returns only on cancel or a database error (the caller
@@ -583,9 +605,151 @@ pub async fn run_worker<D: Deliver>(
     cancel: CancellationToken,
 ) -> Result<(), OutboxError> {
     let span = tracing::info_span!("outbox", channel = %channel.name());
-    worker_loop(db_path, channel, cfg, wake, cancel)
+    worker_loop(db_path, channel, cfg, wake, None, cancel)
         .instrument(span)
         .await
+}
+
+/// [`run_worker`] that also takes notifications ahead of their journal commit from `early`
+/// (see the module docs: it publishes them at once when their group is clear and later
+/// marks their rows delivered without sending them again). The receiver is borrowed so
+/// that a restarted worker keeps the queue.
+pub async fn run_worker_early<D: Deliver>(
+    db_path: PathBuf,
+    channel: Arc<D>,
+    cfg: WorkerConfig,
+    wake: Arc<Notify>,
+    early: &mut EarlyRx,
+    cancel: CancellationToken,
+) -> Result<(), OutboxError> {
+    let span = tracing::info_span!("outbox", channel = %channel.name());
+    worker_loop(db_path, channel, cfg, wake, Some(early), cancel)
+        .instrument(span)
+        .await
+}
+
+/// What a worker keeps in memory between rounds.
+#[derive(Default)]
+struct WorkerState {
+    /// Back-off per group: one enterprise's failing message does not slow the others, and
+    /// the others' successes do not reset its back-off.
+    backoffs: HashMap<String, Backoff>,
+    /// When each group last sent (grouping window).
+    last_sent: HashMap<String, Timestamp>,
+    /// Event ids published early whose rows were not taken yet → the receipt, in the
+    /// order sent (for forgetting the oldest).
+    early_sent: HashMap<u64, String>,
+    early_order: std::collections::VecDeque<u64>,
+}
+
+impl WorkerState {
+    fn remember_early(&mut self, event_id: u64, receipt: String) {
+        if self.early_sent.insert(event_id, receipt).is_none() {
+            self.early_order.push_back(event_id);
+        }
+        while self.early_order.len() > EARLY_REMEMBERED {
+            if let Some(old) = self.early_order.pop_front() {
+                self.early_sent.remove(&old);
+            }
+        }
+    }
+    fn forget_early(&mut self, event_id: u64) -> Option<String> {
+        let r = self.early_sent.remove(&event_id);
+        if r.is_some() {
+            self.early_order.retain(|e| *e != event_id);
+        }
+        r
+    }
+}
+
+/// Pending rows of `key` on `channel` queued before `event_id`'s (all of them while its own
+/// row is not committed yet; at most 64), and whether `event_id`'s own row was already
+/// taken into a batch or finished. (Rows queued after it — the other events of its
+/// transaction — come after it anyway.)
+fn early_check(
+    conn: &Connection,
+    channel: &str,
+    key: &str,
+    event_id: u64,
+) -> Result<(Vec<u64>, bool), OutboxError> {
+    let mut st = conn.prepare_cached(
+        "SELECT event_id FROM outbox
+         WHERE channel = ?1 AND group_key = ?2 AND status = 'pending'
+           AND seq < COALESCE((SELECT seq FROM outbox WHERE channel = ?1 AND event_id = ?3),
+                              9223372036854775807)
+         ORDER BY seq LIMIT 64",
+    )?;
+    let others = st
+        .query_map(params![channel, key, event_id as i64], |r| {
+            r.get::<_, i64>(0).map(|v| v as u64)
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let taken: bool = conn
+        .query_row(
+            "SELECT status != 'pending' OR batch IS NOT NULL FROM outbox
+             WHERE channel = ?1 AND event_id = ?2",
+            params![channel, event_id as i64],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(false);
+    Ok((others, taken))
+}
+
+/// Publish a notification that came ahead of its journal commit, when that keeps the
+/// order of its group and the grouping window: nothing of the group is pending but rows
+/// this worker already published early, its own row (if committed yet) was not taken,
+/// and the group's window has passed. Otherwise it is left to its outbox row. A failed
+/// attempt is only logged: the row is delivered (and retried) as usual.
+async fn deliver_early<D: Deliver>(
+    db: &Db,
+    channel: &Arc<D>,
+    name: &str,
+    cfg: &WorkerConfig,
+    st: &mut WorkerState,
+    n: Notification,
+    cancel: &CancellationToken,
+) -> Result<(), OutboxError> {
+    if n.drill.is_some() || st.early_sent.contains_key(&n.event_id) {
+        return Ok(());
+    }
+    let key = group_key(&n);
+    let now = wall_now();
+    if st
+        .last_sent
+        .get(&key)
+        .is_some_and(|t| *t + cfg.grouping.window > now)
+    {
+        return Ok(());
+    }
+    let (ch, k, id) = (name.to_string(), key.clone(), n.event_id);
+    let (others, taken) = with_db(db, move |c| early_check(c, &ch, &k, id)).await?;
+    if taken || others.iter().any(|e| !st.early_sent.contains_key(e)) {
+        debug!(channel = %name, event = n.event_id, "not sent early: older rows of its group are pending");
+        return Ok(());
+    }
+    let result = tokio::select! {
+        r = channel.deliver_batch(std::slice::from_ref(&n)) => r,
+        () = cancel.cancelled() => return Ok(()),
+    };
+    match result {
+        Ok(d) => {
+            debug!(channel = %name, event = n.event_id, "delivered ahead of the journal commit");
+            st.last_sent.insert(key, wall_now());
+            st.remember_early(n.event_id, d.receipt);
+        }
+        Err(e) => {
+            warn!(channel = %name, event = n.event_id, error = %e, "early delivery failed; the outbox row will be delivered");
+        }
+    }
+    Ok(())
+}
+
+async fn recv_early(early: &mut Option<&mut EarlyRx>) -> Option<Notification> {
+    match early {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn worker_loop<D: Deliver>(
@@ -593,24 +757,26 @@ async fn worker_loop<D: Deliver>(
     channel: Arc<D>,
     cfg: WorkerConfig,
     wake: Arc<Notify>,
+    mut early: Option<&mut EarlyRx>,
     cancel: CancellationToken,
 ) -> Result<(), OutboxError> {
     let name = channel.name().to_string();
     let db: Db = Arc::new(Mutex::new(open(&db_path)?));
-    // Back-off per group: one enterprise's failing message does not slow the others, and
-    // the others' successes do not reset its back-off.
-    let mut backoffs: HashMap<String, Backoff> = HashMap::new();
-    let mut last_sent: HashMap<String, Timestamp> = HashMap::new();
+    let mut st = WorkerState::default();
     info!(channel = %name, "outbox worker started");
     loop {
         if cancel.is_cancelled() {
             info!(channel = %name, "outbox worker stopped");
             return Ok(());
         }
+        // Notifications ahead of their commit first: they are the newest alarms.
+        while let Some(n) = early.as_mut().and_then(|rx| rx.try_recv().ok()) {
+            deliver_early(&db, &channel, &name, &cfg, &mut st, n, &cancel).await?;
+        }
         let now = wall_now();
         let ch = name.clone();
         let hs = with_db(&db, move |c| heads(c, &ch)).await?;
-        let wait = match plan(&hs, &last_sent, &cfg.grouping, now) {
+        let wait = match plan(&hs, &st.last_sent, &cfg.grouping, now) {
             Plan::Send(key) => {
                 let ch = name.clone();
                 let k = key.clone();
@@ -618,6 +784,41 @@ async fn worker_loop<D: Deliver>(
                 let (batch_id, rows) =
                     with_db(&db, move |c| retry_busy(|| take_batch(c, &ch, &k, max))).await?;
                 if rows.is_empty() {
+                    continue;
+                }
+                // Every row of the batch already went out early: record it, send nothing.
+                let early_receipts: Option<Vec<String>> = rows
+                    .iter()
+                    .map(|(_, n)| {
+                        n.as_ref()
+                            .ok()
+                            .and_then(|n| st.early_sent.get(&n.event_id).cloned())
+                    })
+                    .collect();
+                if let Some(receipts) = early_receipts {
+                    for (_, n) in &rows {
+                        if let Ok(n) = n {
+                            st.forget_early(n.event_id);
+                        }
+                    }
+                    let seqs: Vec<i64> = rows.iter().map(|(s, _)| *s).collect();
+                    let receipt = format!("early: {}", receipts.join("; "));
+                    let done = wall_now();
+                    debug!(channel = %name, batch = batch_id, events = seqs.len(), "already delivered ahead of the journal commit");
+                    with_db(&db, move |c| {
+                        retry_busy(|| {
+                            mark(
+                                c,
+                                &seqs,
+                                Status::Delivered,
+                                done,
+                                done,
+                                None,
+                                Some(&receipt),
+                            )
+                        })
+                    })
+                    .await?;
                     continue;
                 }
                 let mut seqs = Vec::with_capacity(rows.len());
@@ -648,8 +849,8 @@ async fn worker_loop<D: Deliver>(
                 match result {
                     Ok(d) => {
                         debug!(channel = %name, batch = batch_id, events = seqs.len(), status = d.status, "delivered");
-                        backoffs.remove(&key);
-                        last_sent.insert(key, done);
+                        st.backoffs.remove(&key);
+                        st.last_sent.insert(key, done);
                         let receipt = d.receipt;
                         with_db(&db, move |c| {
                             retry_busy(|| {
@@ -667,7 +868,8 @@ async fn worker_loop<D: Deliver>(
                         .await?;
                     }
                     Err(e) if e.is_retryable() => {
-                        let delay = backoffs
+                        let delay = st
+                            .backoffs
                             .entry(key.clone())
                             .or_insert_with(|| {
                                 Backoff::new(
@@ -695,7 +897,7 @@ async fn worker_loop<D: Deliver>(
                         .await?;
                     }
                     Err(e) => {
-                        backoffs.remove(&key);
+                        st.backoffs.remove(&key);
                         error!(channel = %name, batch = batch_id, error = %e, "delivery failed permanently");
                         let msg = e.to_string();
                         with_db(&db, move |c| {
@@ -714,6 +916,9 @@ async fn worker_loop<D: Deliver>(
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = wake.notified() => {}
+            Some(n) = recv_early(&mut early) => {
+                deliver_early(&db, &channel, &name, &cfg, &mut st, n, &cancel).await?;
+            }
             () = cancel.cancelled() => {}
         }
     }
@@ -722,6 +927,181 @@ async fn worker_loop<D: Deliver>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parkguard_drivers::notify::{Delivered, Priority};
+    use parkguard_rules::PointKind;
+    use std::collections::HashSet;
+
+    fn note(id: u64, enterprise: &str) -> Notification {
+        Notification {
+            event_id: id,
+            alarm_id: format!("GT-{id}:H"),
+            drill: None,
+            enterprise: enterprise.into(),
+            enterprise_name: None,
+            area: None,
+            kind: PointKind::Combustible,
+            tag: format!("GT-{id}"),
+            point_name: "methane".into(),
+            condition: "H".into(),
+            priority: Priority::High,
+            state: "unacknowledged".into(),
+            value: Some(30.0),
+            unit: "%LEL".into(),
+            limit: Some(25.0),
+            time: Timestamp::from_secs(1_795_688_531),
+            grade: None,
+            message_zh: format!("事件 {id}"),
+            message_en: format!("event {id}"),
+        }
+    }
+
+    /// Records every attempt (event ids, whether it succeeded); fails once for the ids in
+    /// `fail_once`.
+    #[derive(Default)]
+    struct Recorder {
+        attempts: std::sync::Mutex<Vec<(Vec<u64>, bool)>>,
+        fail_once: std::sync::Mutex<HashSet<u64>>,
+    }
+
+    impl Recorder {
+        fn delivered(&self) -> Vec<u64> {
+            let a = self.attempts.lock().unwrap();
+            a.iter()
+                .filter(|(_, ok)| *ok)
+                .flat_map(|(ids, _)| ids.clone())
+                .collect()
+        }
+    }
+
+    impl Deliver for Recorder {
+        fn name(&self) -> &str {
+            "bus"
+        }
+        fn is_drill(&self) -> bool {
+            false
+        }
+        async fn deliver_batch(&self, batch: &[Notification]) -> Result<Delivered, DeliveryError> {
+            let ids: Vec<u64> = batch.iter().map(|n| n.event_id).collect();
+            let fail = ids.iter().any(|i| self.fail_once.lock().unwrap().remove(i));
+            self.attempts.lock().unwrap().push((ids, !fail));
+            if fail {
+                Err(DeliveryError::Connect("injected".into()))
+            } else {
+                Ok(Delivered {
+                    status: 0,
+                    receipt: "PUBACK".into(),
+                })
+            }
+        }
+    }
+
+    /// The row of `n`, committed as the journal thread would (own transaction).
+    fn commit_row(conn: &mut Connection, n: &Notification) {
+        let tx = conn.transaction().unwrap();
+        tx.execute(
+            "INSERT INTO outbox (event_id, channel, alarm_id, group_key, payload, enqueued_at,
+                 next_attempt) VALUES (?1, 'bus', ?2, ?3, ?4, 0, 0)",
+            params![
+                n.event_id as i64,
+                n.alarm_id,
+                n.enterprise,
+                serde_json::to_string(n).unwrap()
+            ],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let end = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !f() {
+            assert!(tokio::time::Instant::now() < end, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Early delivery: a notification handed over before its row is committed goes out at
+    /// once, and its row, once committed, is marked delivered without a second send. While
+    /// an older row of the same enterprise is pending (here: being retried), a newer
+    /// notification does not overtake it; another enterprise is not held up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn early_delivery_goes_before_the_commit_and_keeps_the_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.sqlite");
+        let mut conn = open(&path).unwrap();
+        let rec = Arc::new(Recorder::default());
+        let wake = Arc::new(Notify::new());
+        let cancel = CancellationToken::new();
+        let (early_tx, mut early_rx) = tokio::sync::mpsc::channel(EARLY_CAPACITY);
+        let cfg = WorkerConfig {
+            grouping: Grouping {
+                window: Duration::ZERO,
+                max_batch: 20,
+            },
+            backoff_initial: Duration::from_millis(300),
+            backoff_max: Duration::from_millis(300),
+            poll: Duration::from_secs(1),
+        };
+        let worker = {
+            let (p, rec, wake, cancel) = (path.clone(), rec.clone(), wake.clone(), cancel.clone());
+            tokio::spawn(async move {
+                run_worker_early(p, rec, cfg, wake, &mut early_rx, cancel)
+                    .await
+                    .unwrap();
+            })
+        };
+
+        // 10: handed over, not committed yet → published at once.
+        early_tx.try_send(note(10, "E1")).unwrap();
+        until("10 published ahead of its commit", || {
+            rec.delivered() == [10]
+        })
+        .await;
+        assert!(channel_rows(&conn, "bus").unwrap().is_empty());
+        // Its row is committed: delivered without a second message.
+        commit_row(&mut conn, &note(10, "E1"));
+        wake.notify_one();
+        until("row 10 delivered", || {
+            channel_rows(&conn, "bus").unwrap()[0].status == Status::Delivered
+        })
+        .await;
+        let row = &channel_rows(&conn, "bus").unwrap()[0];
+        assert!(
+            row.receipt.as_deref().unwrap().starts_with("early"),
+            "{row:?}"
+        );
+        assert_eq!(row.attempts, 1);
+
+        // 11 was not handed over (say the queue was full) and its first attempt fails:
+        // it waits 300 ms for its retry. 12, handed over meanwhile, must not overtake it;
+        // 20 of another enterprise goes at once.
+        rec.fail_once.lock().unwrap().insert(11);
+        commit_row(&mut conn, &note(11, "E1"));
+        wake.notify_one();
+        until("11 attempted", || rec.attempts.lock().unwrap().len() == 2).await;
+        early_tx.try_send(note(12, "E1")).unwrap();
+        commit_row(&mut conn, &note(12, "E1"));
+        early_tx.try_send(note(20, "E2")).unwrap();
+        until("20 published", || rec.delivered().contains(&20)).await;
+        assert!(
+            !rec.delivered().contains(&12),
+            "12 overtook 11: {:?}",
+            rec.delivered()
+        );
+        commit_row(&mut conn, &note(20, "E2"));
+        wake.notify_one();
+        until("everything delivered", || {
+            channel_rows(&conn, "bus")
+                .unwrap()
+                .iter()
+                .all(|r| r.status == Status::Delivered)
+                && rec.delivered().len() == 4
+        })
+        .await;
+        assert_eq!(rec.delivered(), [10, 20, 11, 12]);
+        cancel.cancel();
+        worker.await.unwrap();
+    }
 
     /// The journal writer commits while the worker fixes a batch. A deferred transaction
     /// that reads, then writes, got busy at once from SQLite (no busy timeout: its read

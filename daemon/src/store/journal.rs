@@ -4,11 +4,15 @@
 //! - **Durable before anyone is told.** [`Journal::append`] writes a slice of records in
 //!   one transaction and returns only after the commit is on disk (WAL,
 //!   `synchronous = FULL`: the WAL is fsynced at every commit). Publish or notify after
-//!   it returns, never before. [`Journal::append_with`] runs more statements (e.g. the
-//!   notification outbox insert) inside the same transaction.
+//!   it returns, never before — with one argued exception: the linkage hands its
+//!   notifications to the channel workers inside the transaction, before the commit,
+//!   with their outbox rows as the at-least-once record (see [`crate::linkage::wire`]:
+//!   what a crash in between does). [`Journal::append_with`] runs more statements (e.g.
+//!   the notification outbox insert) inside the same transaction.
 //! - **Crash-safe.** A process killed mid-transaction leaves the last committed state;
-//!   SQLite rolls the WAL back on the next open. Ids are the engine's (a gap-free u64
-//!   sequence); `id` is the primary key, so a duplicate is refused, never stored twice.
+//!   SQLite rolls the WAL back on the next open. Ids are the engine's (an increasing u64
+//!   sequence, gap-free within a run; a restart may skip up to
+//!   [`crate::linkage::wire::WATERMARK_SLACK`] ids); `id` is the primary key, so a duplicate is refused, never stored twice.
 //! - **Restart.** [`Journal::max_id`] continues the id sequence; [`Journal::latest_per_alarm`]
 //!   gives the last record of every alarm, from which the engine rebuilds its states
 //!   (unacknowledged, shelved with expiry, out of service, ...).
