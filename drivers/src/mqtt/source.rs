@@ -210,6 +210,7 @@ pub fn spawn_subscriber_with<H: Handover>(
         to_ack: Vec::new(),
         pending: std::collections::VecDeque::new(),
         unflushed: 0,
+        last_handover: std::time::Instant::now(),
         rebirths: Default::default(),
     };
     Ok(match sub.broker.protocol {
@@ -254,6 +255,9 @@ struct Subscriber<H> {
     pending: std::collections::VecDeque<PendingAck>,
     /// Messages received since the last hand-over.
     unflushed: usize,
+    /// When the last batch was handed over (a lone message after a quiet spell does not
+    /// linger).
+    last_handover: std::time::Instant,
     /// When each Sparkplug edge node was last asked to rebirth.
     rebirths: std::collections::HashMap<String, std::time::Instant>,
 }
@@ -394,10 +398,16 @@ impl<H: Handover> Subscriber<H> {
                 continue;
             }
             // Hand over when the batch is full, or when the packets already read are used
-            // up and the batch is big enough; a small batch lingers (at most LINGER) so that
-            // one hand-over and one acknowledgement write serve many messages.
+            // up and the batch is big enough, or after a quiet spell (no hand-over for
+            // LINGER: a lone reading — a probe crossing its limit — is not delayed; the
+            // timer's 1 ms granularity made it wait 1–2 ms). Under a stream, a small batch
+            // lingers (at most LINGER) so that one hand-over and one acknowledgement write
+            // serve many messages.
             let drained = !el.has_buffered();
-            if self.batch.len() >= MAX_BATCH || (drained && self.unflushed >= FLUSH_MIN) {
+            let quiet = self.last_handover.elapsed() >= LINGER;
+            if self.batch.len() >= MAX_BATCH
+                || (drained && (self.unflushed >= FLUSH_MIN || (quiet && !lingering)))
+            {
                 lingering = false;
                 if let Flow::Stop = self.flush(&mut el, &shutdown).await {
                     break;
@@ -519,6 +529,7 @@ impl<H: Handover> Subscriber<H> {
     /// batch is durable (queued in `pending`, in order behind earlier batches).
     async fn flush<C: Connection>(&mut self, el: &mut C, shutdown: &CancellationToken) -> Flow {
         self.unflushed = 0;
+        self.last_handover = std::time::Instant::now();
         let mut done = None;
         if !self.batch.is_empty() {
             let n = self.batch.len() as u64;
