@@ -262,7 +262,7 @@ fn start_receiver(rt: &tokio::runtime::Runtime) -> (u16, Received) {
 }
 
 #[test]
-fn an_alarm_reaches_the_webhook_once_after_it_is_journalled() {
+fn an_alarm_reaches_the_webhook_once_and_is_journalled() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (hook_port, got) = start_receiver(&rt);
     let broker = mosquitto::start().unwrap();
