@@ -2182,6 +2182,32 @@ mod tests {
     use parkguard_rules::{Gas, Point, PointId, PointKind, Quality, Reading, Unit, WarningEvent};
     use tokio::sync::{broadcast, mpsc, watch};
 
+    /// Backend parts around an engine handle, with no journal, sources or sinks.
+    fn bare_parts(
+        table: Arc<PointTable>,
+        requests: mpsc::Sender<crate::engine_task::EngineRequest>,
+        events: broadcast::Sender<Arc<Event>>,
+        snapshot: watch::Receiver<Arc<Snapshot>>,
+    ) -> BackendParts {
+        BackendParts {
+            engine: EngineHandle {
+                requests,
+                events,
+                snapshot,
+                limits: None,
+            },
+            table,
+            engine_config: EngineConfig::default(),
+            journal_path: None,
+            archive_dir: None,
+            modbus: None,
+            mqtt: Vec::new(),
+            linkage: None,
+            spool: None,
+            influx: [None, None],
+        }
+    }
+
     fn table() -> Arc<PointTable> {
         let p = Point {
             id: PointId(0),
@@ -2274,21 +2300,8 @@ mod tests {
         let (_snap_tx, snap_rx) = watch::channel(Arc::new(engine.snapshot()));
         let spool = Arc::new(crate::store::spool::SpoolStats::default());
         let backend = EngineBackend::new(BackendParts {
-            engine: EngineHandle {
-                requests: req_tx,
-                events: ev_tx,
-                snapshot: snap_rx,
-                limits: None,
-            },
-            table,
-            engine_config: EngineConfig::default(),
-            journal_path: None,
-            archive_dir: None,
-            modbus: None,
-            mqtt: Vec::new(),
-            linkage: None,
             spool: Some(spool.clone()),
-            influx: [None, None],
+            ..bare_parts(table, req_tx, ev_tx, snap_rx)
         });
         let spool_check = |checks: Vec<ReadyCheck>| {
             checks
@@ -2404,21 +2417,8 @@ mod tests {
         let (ev_tx, _) = broadcast::channel(16);
         let (_snap_tx, snap_rx) = watch::channel(Arc::new(engine.snapshot()));
         let backend = EngineBackend::new(BackendParts {
-            engine: EngineHandle {
-                requests: req_tx,
-                events: ev_tx,
-                snapshot: snap_rx,
-                limits: None,
-            },
-            table,
-            engine_config: EngineConfig::default(),
-            journal_path: None,
-            archive_dir: None,
-            modbus: None,
-            mqtt: Vec::new(),
             linkage: Some(Arc::new(linkage)),
-            spool: None,
-            influx: [None, None],
+            ..bare_parts(table, req_tx, ev_tx, snap_rx)
         });
         let line = "\nparkguard_linkage_mqtt_rejected_total{channel=\"bureau-bus\"} ";
         let mut m = String::new();
@@ -2483,23 +2483,7 @@ mod tests {
         let (req_tx, _req_rx) = mpsc::channel(1);
         let (ev_tx, _) = broadcast::channel(16);
         let (_snap_tx, snap_rx) = watch::channel(Arc::new(engine.snapshot()));
-        let parts = BackendParts {
-            engine: EngineHandle {
-                requests: req_tx,
-                events: ev_tx.clone(),
-                snapshot: snap_rx,
-                limits: None,
-            },
-            table,
-            engine_config: EngineConfig::default(),
-            journal_path: None,
-            archive_dir: None,
-            modbus: None,
-            mqtt: Vec::new(),
-            linkage: None,
-            spool: None,
-            influx: [None, None],
-        };
+        let parts = bare_parts(table, req_tx, ev_tx.clone(), snap_rx);
         let backend = EngineBackend::new(parts);
         let hub = Arc::new(EventHub::new(HubSettings::default(), 1));
         let cancel = tokio_util::sync::CancellationToken::new();
@@ -2564,23 +2548,7 @@ mod tests {
         let (req_tx, _req_rx) = mpsc::channel(1);
         let (ev_tx, _) = broadcast::channel(16);
         let (snap_tx, snap_rx) = watch::channel(Arc::new(engine.snapshot()));
-        let backend = EngineBackend::new(BackendParts {
-            engine: EngineHandle {
-                requests: req_tx,
-                events: ev_tx,
-                snapshot: snap_rx,
-                limits: None,
-            },
-            table,
-            engine_config: EngineConfig::default(),
-            journal_path: None,
-            archive_dir: None,
-            modbus: None,
-            mqtt: Vec::new(),
-            linkage: None,
-            spool: None,
-            influx: [None, None],
-        });
+        let backend = EngineBackend::new(bare_parts(table, req_tx, ev_tx, snap_rx));
         let hub = Arc::new(EventHub::new(HubSettings::default(), 1));
         let cancel = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(pump(backend, hub.clone(), cancel.clone()));
