@@ -47,6 +47,29 @@ fn put_str(buf: &mut Vec<u8>, s: &[u8]) {
     buf.extend_from_slice(s);
 }
 
+/// Connect to `127.0.0.1:port` with MQTT 3.1.1, clean session, as `client_id`, and wait
+/// for an accepting CONNACK. The stream is left with a 10 s read timeout.
+fn connect_clean(port: u16, client_id: &str) -> Result<TcpStream> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).context("connect to the broker")?;
+    let mut body = Vec::new();
+    put_str(&mut body, b"MQTT");
+    body.push(4); // 3.1.1
+    body.push(0x02); // clean session
+    body.extend_from_slice(&60u16.to_be_bytes());
+    put_str(&mut body, client_id.as_bytes());
+    let mut pkt = vec![0x10];
+    put_remaining_length(&mut pkt, body.len());
+    pkt.extend_from_slice(&body);
+    stream.write_all(&pkt)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let (first, body) = read_packet(&mut stream).context("CONNACK")?;
+    ensure!(
+        first == 0x20 && body.len() == 2 && body[1] == 0,
+        "broker refused the connection: {first:#x} {body:?}"
+    );
+    Ok(stream)
+}
+
 /// Read one packet: (first byte, body).
 fn read_packet(r: &mut impl Read) -> Result<(u8, Vec<u8>)> {
     let mut b = [0u8; 1];
@@ -73,25 +96,8 @@ impl Publisher {
     /// or 1).
     pub fn connect(port: u16, client_id: &str, qos: u8) -> Result<Self> {
         ensure!(qos <= 1, "qos {qos} not supported by the load generator");
-        let mut stream =
-            TcpStream::connect(("127.0.0.1", port)).context("connect to the broker")?;
+        let stream = connect_clean(port, client_id)?;
         stream.set_nodelay(true)?;
-        let mut body = Vec::new();
-        put_str(&mut body, b"MQTT");
-        body.push(4); // 3.1.1
-        body.push(0x02); // clean session
-        body.extend_from_slice(&60u16.to_be_bytes());
-        put_str(&mut body, client_id.as_bytes());
-        let mut pkt = vec![0x10];
-        put_remaining_length(&mut pkt, body.len());
-        pkt.extend_from_slice(&body);
-        stream.write_all(&pkt)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let (first, body) = read_packet(&mut stream).context("CONNACK")?;
-        ensure!(
-            first == 0x20 && body.len() == 2 && body[1] == 0,
-            "broker refused the connection: {first:#x} {body:?}"
-        );
         stream.set_read_timeout(None)?;
         let acked = Arc::new(AtomicU64::new(0));
         let mut rd = stream.try_clone()?;
@@ -208,23 +214,7 @@ pub fn count_publishes(
     quiet: Duration,
     ready: std::sync::mpsc::Sender<()>,
 ) -> Result<(usize, Duration)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).context("connect to the broker")?;
-    let mut body = Vec::new();
-    put_str(&mut body, b"MQTT");
-    body.push(4);
-    body.push(0x02);
-    body.extend_from_slice(&60u16.to_be_bytes());
-    put_str(
-        &mut body,
-        format!("bench-null-{}", std::process::id()).as_bytes(),
-    );
-    let mut pkt = vec![0x10];
-    put_remaining_length(&mut pkt, body.len());
-    pkt.extend_from_slice(&body);
-    stream.write_all(&pkt)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let (first, _) = read_packet(&mut stream).context("CONNACK")?;
-    ensure!(first == 0x20, "no CONNACK: {first:#x}");
+    let mut stream = connect_clean(port, &format!("bench-null-{}", std::process::id()))?;
     let mut body = 1u16.to_be_bytes().to_vec();
     put_str(&mut body, filter.as_bytes());
     body.push(0);
