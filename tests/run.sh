@@ -47,6 +47,18 @@ if ! "$venv/bin/python3" -c "import pymodbus, serial, sys; sys.exit(0 if pymodbu
 fi
 export PARKGUARD_VENV="$venv"
 
+# --- promtool (daemon/tests/dashboards.rs runs the alert rules' unit tests with it) ------
+# From Debian's `prometheus` package, unpacked into .tools/ (installing the package would
+# also start a Prometheus server on :9090).
+promtool="$root/.tools/prometheus/usr/bin/promtool"
+if ! have promtool && [ ! -x "$promtool" ]; then
+  say "unpacking promtool from the Debian prometheus package into .tools/"
+  mkdir -p "$root/.tools/prometheus"
+  ( cd "$root/.tools" && rm -f prometheus_*.deb && apt-get download -q prometheus >/dev/null 2>&1 \
+      && dpkg -x prometheus_*.deb prometheus && rm -f prometheus_*.deb )
+fi
+if [ -x "$promtool" ]; then export PARKGUARD_PROMTOOL="$promtool"; fi
+
 # --- cargo-deb (daemon/tests/deploy.rs builds and installs the Debian package) ----------
 # Only when missing: 3–6 minutes of build on 2 cores, once per machine.
 CARGO_DEB_VERSION=3.8.0

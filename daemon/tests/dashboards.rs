@@ -297,6 +297,12 @@ async fn health_dashboard_and_alert_rules_name_metrics_the_daemon_exports() {
         cfg.contains(&format!("127.0.0.1:{port}")),
         "demo.toml layout changed"
     );
+    // An MQTT linkage channel on the demo's broker, so that its refusal counter
+    // (`parkguard_linkage_mqtt_rejected_total`, alerted on) is exported too.
+    let cfg = format!(
+        "{cfg}\n[[channel]]\ntype = \"mqtt\"\nname = \"park-bus\"\nbroker = \"park\"\n\n\
+         [[route]]\nname = \"everything\"\nkinds = [\"combustible\"]\nchannels = [\"park-bus\"]\n"
+    );
     let cfg_path = dir.path().join("park.toml");
     std::fs::write(&cfg_path, cfg).unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_parkguard"))
