@@ -24,6 +24,12 @@
 //!   publish → the alarm message of the linkage MQTT channel on the broker (what a linkage
 //!   partner receives; the probe enterprise is routed there, `group_window = "0s"`), and
 //!   publish → the `alarm` event on the daemon's SSE stream (what the console sees).
+//! - the broker alone: with every probe the probe connection also publishes an echo
+//!   message that only the bench's alarm-channel reader subscribes to (publish → mosquitto
+//!   → bench, parkguard not on the path), timed the same way under the same load: the floor
+//!   of one broker hop (the MQTT alarm channel's path crosses the broker twice).
+//! - the machine: busy, stolen (by the hypervisor: time this VM wanted to run and could
+//!   not) and idle CPU from `/proc/stat` over the run; the latency tail follows the steal.
 //! - load: [`parkguard_tests::loadgen`] from a thread of its own (pre-encoded PUBLISH
 //!   packets, many per write), QoS `--qos` (default 1).
 //! - the daemon runs with `MALLOC_ARENA_MAX=2` as deployed (systemd unit, Dockerfile).
@@ -51,6 +57,8 @@ const PARK: &str = "bench-park";
 const PROBE_POINTS: usize = 20;
 /// The enterprise of the probe points: the only one routed to the MQTT alarm channel.
 const PROBE_ENTERPRISE: &str = "E2";
+/// Topic of the echo messages that time the broker alone (no parkguard on their path).
+const ECHO_TOPIC: &str = "bench/echo";
 
 #[derive(Clone, Debug)]
 struct Args {
@@ -508,6 +516,10 @@ struct Probes {
     pending: HashMap<String, Pending>,
     mqtt_us: Vec<u64>,
     sse_us: Vec<u64>,
+    /// Echo messages (bench → broker → bench, parkguard not involved) on their way.
+    echo_at: HashMap<u64, Instant>,
+    /// Their latencies: the broker's share of one hop under the same load.
+    echo_us: Vec<u64>,
     sent: usize,
     /// Probes whose alarm had not arrived on a path when the point crossed again.
     mqtt_missed: usize,
@@ -526,6 +538,12 @@ impl Probes {
         if !*done {
             *done = true;
             lat.push(now.duration_since(p.at).as_micros() as u64);
+        }
+    }
+
+    fn echoed(&mut self, n: u64, now: Instant) {
+        if let Some(at) = self.echo_at.remove(&n) {
+            self.echo_us.push(now.duration_since(at).as_micros() as u64);
         }
     }
 
@@ -622,14 +640,27 @@ fn alarm_channel_reader(
         loop {
             match el.poll().await {
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                    let _ = client.try_subscribe(topic.as_str(), rumqttc::QoS::AtMostOnce);
+                    let _ = client.try_subscribe_many([
+                        rumqttc::SubscribeFilter::new(topic.clone(), rumqttc::QoS::AtMostOnce),
+                        rumqttc::SubscribeFilter::new(
+                            format!("{ECHO_TOPIC}/+"),
+                            rumqttc::QoS::AtMostOnce,
+                        ),
+                    ]);
                 }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
                     ready.store(true, Ordering::SeqCst);
                 }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
                     let now = Instant::now();
-                    if let Some(tag) = p.topic.rsplit('/').next() {
+                    if let Some(n) = p.topic.strip_prefix(ECHO_TOPIC) {
+                        if let Ok(n) = n.trim_start_matches('/').parse() {
+                            probes
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .echoed(n, now);
+                        }
+                    } else if let Some(tag) = p.topic.rsplit('/').next() {
                         probes.lock().unwrap_or_else(|e| e.into_inner()).arrived(
                             tag,
                             Via::Mqtt,
@@ -728,6 +759,22 @@ async fn probe_loop(
             )
             .await?;
         published += 1;
+        // The broker alone, under the same load: an echo from this client to the alarm
+        // reader's connection, which parkguard does not subscribe to.
+        let n = j as u64;
+        probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .echo_at
+            .insert(n, Instant::now());
+        client
+            .publish(
+                format!("{ECHO_TOPIC}/{n}"),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                "",
+            )
+            .await?;
     }
     Ok(published)
 }
@@ -886,6 +933,7 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
     ));
 
     let cpu0 = daemon.cpu()?;
+    let cpu_times0 = cpu_times();
     let t0 = Instant::now();
     let progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let load = load_thread(
@@ -1008,6 +1056,13 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
             first.1, first.0, last.1, last.0
         );
     }
+    let pct = |lat: &[u64], q: f64| -> f64 {
+        if lat.is_empty() {
+            f64::NAN
+        } else {
+            lat[((lat.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0
+        }
+    };
     for (what, lat, open) in [
         (
             "publish → alarm message on the MQTT alarm channel",
@@ -1018,20 +1073,33 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
     ] {
         let mut lat = lat;
         lat.sort_unstable();
-        let pct = |q: f64| -> f64 {
-            if lat.is_empty() {
-                f64::NAN
-            } else {
-                lat[((lat.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0
-            }
-        };
         println!(
             "alarm latency {what} ({} probes, {} answered, {open} not answered): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             p.sent,
             lat.len(),
-            pct(0.5),
-            pct(0.99),
-            lat.last().map(|&x| x as f64 / 1000.0).unwrap_or(f64::NAN)
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            pct(&lat, 1.0)
+        );
+    }
+    let mut echo = p.echo_us;
+    echo.sort_unstable();
+    println!(
+        "the broker alone, same load (bench → mosquitto → bench, parkguard not on the path; the MQTT channel's path crosses the broker twice) ({} echoes, {} answered): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        echo.len() + p.echo_at.len(),
+        echo.len(),
+        pct(&echo, 0.5),
+        pct(&echo, 0.99),
+        pct(&echo, 1.0)
+    );
+    if let (Some(c0), Some(c1)) = (cpu_times0, cpu_times()) {
+        let total = c1.total().saturating_sub(c0.total()).max(1) as f64;
+        println!(
+            "machine over the run (/proc/stat, {} CPUs): {:.1} % busy, {:.1} % stolen by the hypervisor, {:.1} % idle",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            100.0 * c1.busy().saturating_sub(c0.busy()) as f64 / total,
+            100.0 * c1.steal.saturating_sub(c0.steal) as f64 / total,
+            100.0 * c1.idle.saturating_sub(c0.idle) as f64 / total,
         );
     }
     println!(
@@ -1053,6 +1121,43 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
     drop(broker);
     ensure!(count == want, "readings lost: {count}/{want} stored");
     Ok(())
+}
+
+/// The machine's CPU time (all CPUs, clock ticks) from the first line of `/proc/stat`.
+#[derive(Clone, Copy)]
+struct CpuTimes {
+    /// user, nice, system, irq, softirq.
+    busy_parts: [u64; 5],
+    idle: u64,
+    iowait: u64,
+    steal: u64,
+}
+
+impl CpuTimes {
+    fn busy(&self) -> u64 {
+        self.busy_parts.iter().sum()
+    }
+    fn total(&self) -> u64 {
+        self.busy() + self.idle + self.iowait + self.steal
+    }
+}
+
+fn cpu_times() -> Option<CpuTimes> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    (f.len() >= 8).then(|| CpuTimes {
+        busy_parts: [f[0], f[1], f[2], f[5], f[6]],
+        idle: f[3],
+        iowait: f[4],
+        steal: f[7],
+    })
 }
 
 fn dir_size(p: &Path) -> u64 {
