@@ -74,6 +74,30 @@ const FLUSH_MIN: usize = 256;
 /// Longest wait of a small batch for more messages before hand-over (latency added to a
 /// lone reading; an alarm path budget is seconds).
 const LINGER: Duration = Duration::from_millis(1);
+/// A dense stream: this many messages read within one linger. The subscriber then stops
+/// reading the socket until the linger ends and takes what arrived meanwhile in one read,
+/// instead of waking for nearly every packet (the broker writes one TCP segment per
+/// message). From about 16,000 messages/s; an even 5,000/s (5 per linger) is not paced,
+/// nor is a stream with QoS 1 messages (acknowledgements are never held back by it).
+/// A message arriving during the pause is read up to LINGER later and handed over at the
+/// next read that finds the socket empty (or when its own linger ends): at most two lingers
+/// in all (`tests::a_dense_stream_is_read_in_chunks_not_per_message`). mqtt_bench, QoS 0
+/// at ~100,000 messages/s: 9.99 → 3.59 ms of CPU per 1,000 messages.
+const PACE_MIN: usize = 16;
+
+/// Await `f`, noting in `waited` whether it had to wait (returned `Pending` at least once):
+/// a socket read that waited has used up everything the kernel held.
+async fn noting_wait<F: std::future::Future>(f: F, waited: &mut bool) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| {
+        let r = f.as_mut().poll(cx);
+        if r.is_pending() {
+            *waited = true;
+        }
+        r
+    })
+    .await
+}
 
 /// Shortest interval between two rebirth requests to the same Sparkplug edge node.
 const REBIRTH_INTERVAL: Duration = Duration::from_secs(30);
@@ -283,7 +307,20 @@ impl<H: Handover> Subscriber<H> {
         // and removed a waiter under a lock every time).
         let stop = shutdown.cancelled();
         tokio::pin!(stop);
+        // Whether the last socket read had to wait for data (buffered bytes are used up).
+        let mut read_waited = false;
+        // A paced linger ended: what was read since goes out at the next read that waits
+        // (everything that arrived during the pause is in), not after another linger.
+        let mut after_pause = false;
         loop {
+            // QoS 0 streams only: a message to acknowledge is never held back by pacing.
+            let paced = lingering
+                && self.unflushed >= PACE_MIN
+                && read_waited
+                && self.to_ack.is_empty()
+                && self.pending.is_empty()
+                && !el.has_buffered();
+            let mut waited = false;
             let ev = tokio::select! {
                 biased;
                 _ = &mut stop => break,
@@ -296,6 +333,7 @@ impl<H: Handover> Subscriber<H> {
                     // the message then stays in flight until the next reconnect, when the
                     // session redelivers it — a duplicate, never a loss.)
                     lingering = false;
+                    after_pause = paced;
                     if let Flow::Stop = self.flush(&mut el, &shutdown).await {
                         break;
                     }
@@ -326,8 +364,10 @@ impl<H: Handover> Subscriber<H> {
                     }
                     continue;
                 }
-                ev = el.poll() => ev,
+                // Paced: a dense stream waits for the linger before the next socket read.
+                ev = noting_wait(el.poll(), &mut waited), if !paced => ev,
             };
+            read_waited = waited;
             match ev {
                 Ok(Incoming::ConnAck { session_present }) => {
                     self.stats.connected.store(true, Relaxed);
@@ -407,8 +447,10 @@ impl<H: Handover> Subscriber<H> {
             let quiet = self.last_handover.elapsed() >= LINGER;
             if self.batch.len() >= MAX_BATCH
                 || (drained && (self.unflushed >= FLUSH_MIN || (quiet && !lingering)))
+                || (after_pause && read_waited)
             {
                 lingering = false;
+                after_pause = false;
                 if let Flow::Stop = self.flush(&mut el, &shutdown).await {
                     break;
                 }
@@ -609,5 +651,173 @@ impl<H: Handover> Subscriber<H> {
                 self.stats.connection_errors.fetch_add(1, Relaxed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::config::{MqttBrokerConfig, MqttSubscriptionConfig};
+    use parkguard_rules::{AlarmLimits, Point, PointId, PointKind, Unit};
+    use std::collections::VecDeque;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::time::Instant;
+
+    /// A connection whose messages arrive at scripted (virtual) times, like a broker writing
+    /// one segment per message: a poll before the next arrival waits for it (and gets that
+    /// one message), a poll after it finds everything that arrived meanwhile.
+    struct Scripted {
+        arrivals: VecDeque<Instant>,
+        sent: usize,
+        connected: bool,
+        /// Polls that had to wait for their message (a socket read that blocked).
+        waits: Arc<AtomicUsize>,
+    }
+
+    impl Connection for Scripted {
+        async fn poll(&mut self) -> Result<Incoming, String> {
+            if !self.connected {
+                self.connected = true;
+                return Ok(Incoming::ConnAck {
+                    session_present: false,
+                });
+            }
+            // Cancel-safe like rumqttc's poll: the message is taken only once it arrived.
+            let Some(&at) = self.arrivals.front() else {
+                return std::future::pending().await;
+            };
+            let now = Instant::now();
+            if at > now {
+                // Virtual time moves exactly to the arrival (a timer would round it up to
+                // the next millisecond and bunch the messages).
+                self.waits.fetch_add(1, Relaxed);
+                tokio::time::advance(at - now).await;
+            }
+            self.arrivals.pop_front();
+            self.sent += 1;
+            Ok(Incoming::Publish {
+                topic: "p/T1".into(),
+                payload: format!(r#"{{"value":{}}}"#, self.sent).into_bytes().into(),
+                pkid: None,
+            })
+        }
+        fn has_buffered(&self) -> bool {
+            false
+        }
+        fn subscribe(&self, _: &[Subscription]) -> Result<(), String> {
+            Ok(())
+        }
+        fn publish_qos0(&self, _: String, _: Vec<u8>) -> Result<(), String> {
+            Ok(())
+        }
+        async fn ack(&mut self, pkids: Vec<u16>) -> Result<usize, String> {
+            Ok(pkids.len())
+        }
+        fn drop_connection(&mut self) {}
+        async fn finish(&mut self, _: Duration) {}
+    }
+
+    /// Runs a subscriber over messages arriving every `gap` (virtual time); returns the
+    /// polls that waited and, per message, its delay from arrival to hand-over.
+    async fn run_stream(n: usize, gap: Duration) -> (usize, Vec<Duration>) {
+        let broker: MqttBrokerConfig =
+            serde_json::from_str(r#"{"id":"b","host":"127.0.0.1"}"#).expect("broker");
+        let sub: MqttSubscriptionConfig =
+            serde_json::from_str(r#"{"broker":"b","topic":"p/+","format":"json","tag_segment":1}"#)
+                .expect("subscription");
+        let table = Arc::new(
+            PointTable::new(vec![Point {
+                id: PointId(0),
+                tag: "T1".into(),
+                name: "T1".into(),
+                enterprise: "E1".into(),
+                device: None,
+                hazard_installation: None,
+                area: None,
+                kind: PointKind::Toxic,
+                gas: None,
+                unit: Unit::Ppm,
+                range_lo: 0.0,
+                range_hi: 1e9,
+                limits: AlarmLimits::default(),
+                expected_interval: Duration::from_secs(1),
+                location: None,
+            }])
+            .expect("table"),
+        );
+        let (tx, mut rx) = mpsc::channel::<Vec<Reading>>(1 << 16);
+        let mut s = Subscriber {
+            broker: broker.validate().expect("valid broker"),
+            subscriptions: vec![sub.validate(&["b"]).expect("valid subscription")],
+            spb: vec![SparkplugState::default()],
+            newest: vec![i64::MIN; table.len()],
+            table,
+            tx,
+            stats: Arc::new(MqttStats::default()),
+            batch: Vec::new(),
+            to_ack: Vec::new(),
+            pending: VecDeque::new(),
+            unflushed: 0,
+            last_handover: std::time::Instant::now(),
+            rebirths: Default::default(),
+        };
+        let t0 = Instant::now() + Duration::from_millis(1);
+        let arrivals: Vec<Instant> = (0..n).map(|i| t0 + gap * i as u32).collect();
+        let waits = Arc::new(AtomicUsize::new(0));
+        let conn = Scripted {
+            arrivals: arrivals.iter().copied().collect(),
+            sent: 0,
+            connected: false,
+            waits: waits.clone(),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move { s.run(conn, stop).await }
+        });
+        let mut delays = Vec::new();
+        while delays.len() < n {
+            let batch = rx.recv().await.expect("subscriber alive");
+            let now = Instant::now();
+            for r in batch {
+                // Values are the message numbers 1..=n, handed over in order.
+                assert_eq!(r.value, (delays.len() + 1) as f64, "order");
+                delays.push(now - arrivals[delays.len()]);
+            }
+        }
+        stop.cancel();
+        task.await.expect("subscriber task");
+        (waits.load(Relaxed), delays)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dense_stream_is_read_in_chunks_not_per_message() {
+        // 100,000 messages/s: most reads find the next messages already there.
+        let n = 5_000;
+        let (waits, delays) = run_stream(n, Duration::from_micros(10)).await;
+        assert!(
+            waits * 4 < n,
+            "{waits} of {n} reads waited for a single message"
+        );
+        // At most two lingers, each rounded up to the timer's next millisecond: the one
+        // the message was read in, and the pause or linger of what was read after it.
+        let worst = delays.iter().max().copied().unwrap_or_default();
+        assert!(
+            worst <= 2 * (LINGER + Duration::from_millis(1)),
+            "{worst:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_even_5000_per_second_is_not_paced() {
+        // 5 messages per linger: under PACE_MIN, every message is read when it arrives.
+        let n = 500;
+        let (waits, delays) = run_stream(n, Duration::from_micros(200)).await;
+        assert!(
+            waits * 10 >= n * 9,
+            "only {waits} of {n} reads waited: the subscriber paused"
+        );
+        let worst = delays.iter().max().copied().unwrap_or_default();
+        assert!(worst <= LINGER + Duration::from_millis(1), "{worst:?}");
     }
 }
