@@ -71,6 +71,21 @@ pub enum PointState {
     Fault,
 }
 
+impl PointState {
+    /// Urgency: a point shows the most urgent of its alarms' states and its quality.
+    pub fn rank(self) -> u8 {
+        match self {
+            PointState::AlarmUnack => 6,
+            PointState::AlarmAck => 5,
+            PointState::RtnUnack => 4,
+            PointState::Fault => 3,
+            PointState::Shelved => 2,
+            PointState::OutOfService => 1,
+            PointState::Normal => 0,
+        }
+    }
+}
+
 /// A point with its live value.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PointView {

@@ -203,19 +203,6 @@ fn quality_str(q: parkguard_rules::Quality) -> &'static str {
     }
 }
 
-/// Rank of a point state: the worst one of a point's alarms and its quality is shown.
-fn state_rank(s: PointState) -> u8 {
-    match s {
-        PointState::AlarmUnack => 6,
-        PointState::AlarmAck => 5,
-        PointState::RtnUnack => 4,
-        PointState::Fault => 3,
-        PointState::Shelved => 2,
-        PointState::OutOfService => 1,
-        PointState::Normal => 0,
-    }
-}
-
 /// The console state of one alarm.
 fn alarm_point_state(s: EState) -> PointState {
     match s {
@@ -230,7 +217,7 @@ fn alarm_point_state(s: EState) -> PointState {
 
 /// A point's state from the worst state of its alarms and its quality.
 fn point_state(alarms: PointState, quality: Option<parkguard_rules::Quality>) -> PointState {
-    if quality.is_some_and(|q| !q.is_good()) && state_rank(PointState::Fault) > state_rank(alarms) {
+    if quality.is_some_and(|q| !q.is_good()) && PointState::Fault.rank() > alarms.rank() {
         PointState::Fault
     } else {
         alarms
@@ -244,7 +231,7 @@ fn alarm_states(snap: &Snapshot) -> HashMap<&str, PointState> {
     for a in &snap.alarms {
         let s = alarm_point_state(a.state);
         let e = m.entry(a.source.as_str()).or_insert(PointState::Normal);
-        if state_rank(s) > state_rank(*e) {
+        if s.rank() > e.rank() {
             *e = s;
         }
     }
@@ -468,7 +455,7 @@ impl EngineBackend {
         let mut alarms = PointState::Normal;
         for a in snap.alarms.iter().filter(|a| a.source == p.tag) {
             let s = alarm_point_state(a.state);
-            if state_rank(s) > state_rank(alarms) {
+            if s.rank() > alarms.rank() {
                 alarms = s;
             }
         }

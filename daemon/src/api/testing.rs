@@ -253,16 +253,7 @@ impl TestBackend {
                 AlarmState::Normal => continue,
             };
             // Most urgent wins.
-            let rank = |s: PointState| match s {
-                PointState::AlarmUnack => 6,
-                PointState::AlarmAck => 5,
-                PointState::RtnUnack => 4,
-                PointState::Fault => 3,
-                PointState::Shelved => 2,
-                PointState::OutOfService => 1,
-                PointState::Normal => 0,
-            };
-            if rank(s) > rank(state) {
+            if s.rank() > state.rank() {
                 state = s;
             }
         }
