@@ -92,7 +92,7 @@ pub struct StepRecord {
 
 /// Every stored escalation (to resume after a restart).
 pub fn load(conn: &Connection) -> rusqlite::Result<Vec<Active>> {
-    let mut st = conn.prepare_cached(
+    let mut st = conn.prepare(
         "SELECT alarm_id, policy, event_id, raised_at, levels_sent, last_sent, payload
          FROM escalation ORDER BY alarm_id",
     )?;
@@ -175,7 +175,7 @@ pub fn stop(tx: &Transaction<'_>, alarm_id: &str) -> rusqlite::Result<()> {
 
 /// Every step of one alarm, oldest first (for the console and tests).
 pub fn steps(conn: &Connection, alarm_id: &str) -> rusqlite::Result<Vec<StepRecord>> {
-    let mut st = conn.prepare_cached(
+    let mut st = conn.prepare(
         "SELECT id, alarm_id, event_id, policy, step, repeat, scheduled, channels, label
          FROM escalation_step WHERE alarm_id = ?1 ORDER BY id",
     )?;

@@ -239,7 +239,7 @@ const STATUS_COLS: &str = "event_id, channel, alarm_id, status, attempts, next_a
 
 /// Delivery status of an event on every channel it was queued for.
 pub fn status(conn: &Connection, event_id: u64) -> Result<Vec<DeliveryStatus>, OutboxError> {
-    let mut st = conn.prepare_cached(&format!(
+    let mut st = conn.prepare(&format!(
         "SELECT {STATUS_COLS} FROM outbox WHERE event_id = ?1 ORDER BY channel"
     ))?;
     let rows = st.query_map([event_id as i64], row_status)?;
@@ -248,7 +248,7 @@ pub fn status(conn: &Connection, event_id: u64) -> Result<Vec<DeliveryStatus>, O
 
 /// Every row of one alarm (all its events, every channel), by event then channel.
 pub fn alarm_rows(conn: &Connection, alarm_id: &str) -> Result<Vec<DeliveryStatus>, OutboxError> {
-    let mut st = conn.prepare_cached(&format!(
+    let mut st = conn.prepare(&format!(
         "SELECT {STATUS_COLS} FROM outbox WHERE alarm_id = ?1 ORDER BY event_id, channel"
     ))?;
     let rows = st.query_map([alarm_id], row_status)?;
@@ -257,7 +257,7 @@ pub fn alarm_rows(conn: &Connection, alarm_id: &str) -> Result<Vec<DeliveryStatu
 
 /// Every alarm id with outbox rows (the API maps its numeric alarm ids onto them).
 pub fn alarm_ids(conn: &Connection) -> Result<Vec<String>, OutboxError> {
-    let mut st = conn.prepare_cached("SELECT DISTINCT alarm_id FROM outbox")?;
+    let mut st = conn.prepare("SELECT DISTINCT alarm_id FROM outbox")?;
     let rows = st.query_map([], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -275,7 +275,7 @@ pub fn exists(conn: &Connection) -> Result<bool, OutboxError> {
 
 /// Every row of a channel in queue order (for the console and tests).
 pub fn channel_rows(conn: &Connection, channel: &str) -> Result<Vec<DeliveryStatus>, OutboxError> {
-    let mut st = conn.prepare_cached(&format!(
+    let mut st = conn.prepare(&format!(
         "SELECT {STATUS_COLS} FROM outbox WHERE channel = ?1 ORDER BY seq"
     ))?;
     let rows = st.query_map([channel], row_status)?;
@@ -284,7 +284,7 @@ pub fn channel_rows(conn: &Connection, channel: &str) -> Result<Vec<DeliveryStat
 
 /// Backlog per channel.
 pub fn channel_summaries(conn: &Connection) -> Result<Vec<ChannelSummary>, OutboxError> {
-    let mut st = conn.prepare_cached(
+    let mut st = conn.prepare(
         "SELECT channel,
                 SUM(status = 'pending'), SUM(status = 'delivered'), SUM(status = 'failed'),
                 MIN(CASE WHEN status = 'pending' THEN enqueued_at END)
@@ -437,7 +437,7 @@ async fn with_db<T: Send + 'static>(
 }
 
 fn heads(conn: &Connection, channel: &str) -> Result<Vec<GroupHead>, OutboxError> {
-    let mut st = conn.prepare_cached(
+    let mut st = conn.prepare(
         "SELECT o.group_key, o.seq, o.next_attempt, o.batch IS NOT NULL
          FROM outbox o
          JOIN (SELECT group_key, MIN(seq) AS s FROM outbox
@@ -520,7 +520,7 @@ fn take_batch(
         }
     };
     let rows = {
-        let mut st = tx.prepare_cached(
+        let mut st = tx.prepare(
             "SELECT seq, payload FROM outbox
              WHERE channel = ?1 AND batch = ?2 AND status = 'pending' ORDER BY seq",
         )?;
@@ -552,7 +552,7 @@ fn mark(
 ) -> Result<(), OutboxError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
-        let mut st = tx.prepare_cached(
+        let mut st = tx.prepare(
             "UPDATE outbox SET status = ?2, attempts = attempts + 1, next_attempt = ?3,
                  last_error = COALESCE(?4, last_error),
                  delivered_at = CASE WHEN ?2 = 'delivered' THEN ?5 ELSE delivered_at END,
