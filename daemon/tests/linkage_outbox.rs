@@ -280,13 +280,12 @@ fn start_worker_with(db: &Path, ch: Arc<Channel>, window: Duration) -> Worker {
         backoff_max: Duration::from_secs(1),
         poll: Duration::from_millis(100),
     };
-    rt.spawn(outbox::run_worker(
-        db.to_path_buf(),
-        ch,
-        cfg,
-        wake.clone(),
-        cancel.clone(),
-    ));
+    let fut = outbox::run_worker(db.to_path_buf(), ch, cfg, wake.clone(), cancel.clone());
+    rt.spawn(async move {
+        if let Err(e) = fut.await {
+            eprintln!("outbox worker ended with an error (not restarted here): {e:?}");
+        }
+    });
     Worker { rt, cancel, wake }
 }
 
