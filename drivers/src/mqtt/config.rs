@@ -386,6 +386,18 @@ pub enum TimeFormat {
     Rfc3339,
 }
 
+impl TimeFormat {
+    /// Decimal digits from the epoch unit to nanoseconds (`None` for RFC 3339 text).
+    pub fn scale(self) -> Option<u32> {
+        match self {
+            TimeFormat::EpochS => Some(9),
+            TimeFormat::EpochMs => Some(6),
+            TimeFormat::EpochNs => Some(0),
+            TimeFormat::Rfc3339 => None,
+        }
+    }
+}
+
 /// One subscription (`[[mqtt_subscription]]`): a topic filter on a broker and how its
 /// payloads map onto points.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

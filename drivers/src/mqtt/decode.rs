@@ -498,6 +498,16 @@ fn decimal_scaled(text: &str, scale: u32) -> Option<i64> {
 /// Read a JSON time value.
 pub fn json_time(v: &Value, fmt: TimeFormat) -> Result<Timestamp, DecodeError> {
     let bad = || DecodeError::BadTime(short(v));
+    // An integer epoch (the usual gateway payload): scaled directly, as `decimal_scaled`
+    // would scale its text, without formatting it first.
+    if let (Value::Number(n), Some(scale)) = (v, fmt.scale())
+        && let Some(i) = n.as_i64()
+    {
+        return i
+            .checked_mul(10i64.pow(scale))
+            .map(Timestamp)
+            .ok_or_else(bad);
+    }
     let text = match v {
         Value::Number(n) => n.to_string(),
         Value::String(s) => {
@@ -509,12 +519,7 @@ pub fn json_time(v: &Value, fmt: TimeFormat) -> Result<Timestamp, DecodeError> {
         }
         _ => return Err(bad()),
     };
-    let scale = match fmt {
-        TimeFormat::Rfc3339 => return Err(bad()),
-        TimeFormat::EpochS => 9,
-        TimeFormat::EpochMs => 6,
-        TimeFormat::EpochNs => 0,
-    };
+    let scale = fmt.scale().ok_or_else(bad)?;
     if let Some(ns) = decimal_scaled(&text, scale) {
         return Ok(Timestamp(ns));
     }
@@ -952,5 +957,59 @@ mod tests {
         assert_eq!(e.reason(), "unit_rejected");
         let e = resolve(&table, &raw("Q", 1.0, None, g, RT), RT).expect_err("tag");
         assert_eq!(e.reason(), "unknown_tag");
+    }
+
+    /// Integer epochs take a direct path (no text); every form must give the same instant
+    /// as the text path, and overflow is a bad time, never a wrapped one.
+    #[test]
+    fn json_times_in_every_epoch_unit() {
+        use serde_json::json;
+        let t = 1_795_688_531_i64; // 2026-11-26T10:22:11Z
+        let cases: Vec<(Value, TimeFormat, Option<i64>)> = vec![
+            (json!(t), TimeFormat::EpochS, Some(t * 1_000_000_000)),
+            (
+                json!(t * 1000 + 250),
+                TimeFormat::EpochMs,
+                Some((t * 1000 + 250) * 1_000_000),
+            ),
+            (
+                json!(t * 1_000_000_000 + 7),
+                TimeFormat::EpochNs,
+                Some(t * 1_000_000_000 + 7),
+            ),
+            (json!(-5), TimeFormat::EpochS, Some(-5_000_000_000)),
+            (json!(1.5), TimeFormat::EpochS, Some(1_500_000_000)),
+            (
+                json!("1795688531"),
+                TimeFormat::EpochS,
+                Some(t * 1_000_000_000),
+            ),
+            (
+                json!(" 1795688531250 "),
+                TimeFormat::EpochMs,
+                Some((t * 1000 + 250) * 1_000_000),
+            ),
+            (json!(u64::MAX), TimeFormat::EpochNs, None),
+            (json!(i64::MAX), TimeFormat::EpochS, None),
+            (json!(i64::MIN), TimeFormat::EpochMs, None),
+            (json!(t), TimeFormat::Rfc3339, None),
+            (
+                json!("2026-11-26T18:22:11+08:00"),
+                TimeFormat::Rfc3339,
+                Some(t * 1_000_000_000),
+            ),
+            (json!(true), TimeFormat::EpochMs, None),
+        ];
+        for (v, fmt, want) in cases {
+            let got = json_time(&v, fmt);
+            match want {
+                Some(ns) => assert_eq!(got.ok(), Some(Timestamp(ns)), "{v} as {fmt:?}"),
+                None => assert_eq!(
+                    got.map_err(|e| e.reason()),
+                    Err("bad_time"),
+                    "{v} as {fmt:?}"
+                ),
+            }
+        }
     }
 }
