@@ -212,6 +212,35 @@ fn decode_json(
         }
         return;
     }
+    // Fast path for arrays of readings (a gateway's batch): the root array, or the array
+    // under one top-level key (`readings_field`), each element a flat object. As above:
+    // any other shape and every error take the general path.
+    if let (Some(keys), Some(rows_key)) = (flat_item_keys(sub), readings_key(sub))
+        && let Some(rows) = flat_rows(&keys, rows_key, payload)
+    {
+        let topic_tag = match topic_tag(sub, topic) {
+            Ok(t) => t,
+            Err(e) => {
+                out.errors.push(e);
+                return;
+            }
+        };
+        out.readings.reserve(rows.len());
+        for slots in &rows {
+            let fields = Fields {
+                value: slots[0].as_ref(),
+                unit: slots[1].as_ref(),
+                time: slots[2].as_ref(),
+                quality: slots[3].as_ref(),
+                tag: slots[4].as_ref(),
+            };
+            match json_item(sub, topic_tag.as_deref(), &fields, receive_time) {
+                Ok(r) => out.readings.push(r),
+                Err(e) => out.errors.push(e),
+            }
+        }
+        return;
+    }
     decode_json_general(sub, topic, payload, receive_time, out);
 }
 
@@ -295,12 +324,30 @@ fn flat_keys(sub: &Subscription) -> Option<[Option<&str>; FLAT_FIELDS]> {
     if sub.json.readings.is_some() {
         return None;
     }
-    fn key(p: &FieldPath) -> Option<&str> {
-        match p.0.as_slice() {
-            [PathPart::Key(k)] => Some(k.as_str()),
-            _ => None,
-        }
+    flat_item_keys(sub)
+}
+
+/// The single object key of a field path, if it is one.
+fn single_key(p: &FieldPath) -> Option<&str> {
+    match p.0.as_slice() {
+        [PathPart::Key(k)] => Some(k.as_str()),
+        _ => None,
     }
+}
+
+/// Where the array of readings is, for the fast path: `Some(None)` the root array (no
+/// `readings_field`), `Some(Some(key))` under one top-level key; `None` for a nested path.
+fn readings_key(sub: &Subscription) -> Option<Option<&str>> {
+    match &sub.json.readings {
+        None => Some(None),
+        Some(p) => single_key(p).map(Some),
+    }
+}
+
+/// The keys of the fields within one reading object, when every configured path is a
+/// single object key; `None` otherwise.
+fn flat_item_keys(sub: &Subscription) -> Option<[Option<&str>; FLAT_FIELDS]> {
+    use single_key as key;
     fn opt(p: &Option<FieldPath>) -> Option<Option<&str>> {
         match p {
             None => Some(None),
@@ -320,17 +367,13 @@ fn flat_keys(sub: &Subscription) -> Option<[Option<&str>; FLAT_FIELDS]> {
     ])
 }
 
-/// Read one JSON object, keeping only the values of `keys` (the last one when a key
-/// repeats, as `serde_json::Value` does). `None` when the payload is not a well-formed
-/// object.
-fn flat_fields(
-    keys: &[Option<&str>; FLAT_FIELDS],
-    payload: &[u8],
-) -> Option<[Option<Value>; FLAT_FIELDS]> {
+/// The visitor of one flat reading object ([`flat_fields`], [`flat_rows`]).
+mod flat_object {
+    use super::{FLAT_FIELDS, Value};
     use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
     /// Which wanted field a key is (its index), or none.
-    struct KeySeed<'k>(&'k [Option<&'k str>; FLAT_FIELDS]);
+    struct KeySeed<'k>(pub(super) &'k [Option<&'k str>; FLAT_FIELDS]);
     impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
         type Value = Option<usize>;
         fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
@@ -346,7 +389,7 @@ fn flat_fields(
             Ok(self.0.iter().position(|w| *w == Some(k)))
         }
     }
-    struct Object<'k>(&'k [Option<&'k str>; FLAT_FIELDS]);
+    pub(super) struct Object<'k>(pub(super) &'k [Option<&'k str>; FLAT_FIELDS]);
     impl<'de> Visitor<'de> for Object<'_> {
         type Value = [Option<Value>; FLAT_FIELDS];
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -375,10 +418,92 @@ fn flat_fields(
             Ok(slots)
         }
     }
+}
+
+/// Read one JSON object, keeping only the values of `keys` (the last one when a key
+/// repeats, as `serde_json::Value` does). `None` when the payload is not a well-formed
+/// object.
+fn flat_fields(
+    keys: &[Option<&str>; FLAT_FIELDS],
+    payload: &[u8],
+) -> Option<[Option<Value>; FLAT_FIELDS]> {
+    use serde::de::Deserializer;
     let mut de = serde_json::Deserializer::from_slice(payload);
-    let slots = de.deserialize_map(Object(keys)).ok()?;
+    let slots = de.deserialize_map(flat_object::Object(keys)).ok()?;
     de.end().ok()?;
     Some(slots)
+}
+
+/// Fields of one flat reading object (see [`flat_fields`]).
+type Slots = [Option<Value>; FLAT_FIELDS];
+
+/// Read an array of flat reading objects — the root array (`rows_key` `None`) or the
+/// array under the top-level key `rows_key` (the last one when it repeats) — keeping only
+/// the values of `keys` in each. `None` when the payload has another shape (an element
+/// that is not an object, no such key, not an array) or is not well-formed.
+fn flat_rows(
+    keys: &[Option<&str>; FLAT_FIELDS],
+    rows_key: Option<&str>,
+    payload: &[u8],
+) -> Option<Vec<Slots>> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    /// One element: a flat object, through [`flat_fields`]'s visitor.
+    struct Row<'k>(&'k [Option<&'k str>; FLAT_FIELDS]);
+    impl<'de> DeserializeSeed<'de> for Row<'_> {
+        type Value = Slots;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Slots, D::Error> {
+            d.deserialize_map(flat_object::Object(self.0))
+        }
+    }
+    struct Rows<'k>(&'k [Option<&'k str>; FLAT_FIELDS]);
+    impl<'de> DeserializeSeed<'de> for Rows<'_> {
+        type Value = Vec<Slots>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Slots>, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Rows<'_> {
+        type Value = Vec<Slots>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an array of reading objects")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Slots>, A::Error> {
+            let mut rows = Vec::with_capacity(seq.size_hint().unwrap_or(16));
+            while let Some(r) = seq.next_element_seed(Row(self.0))? {
+                rows.push(r);
+            }
+            Ok(rows)
+        }
+    }
+    struct Root<'k> {
+        keys: &'k [Option<&'k str>; FLAT_FIELDS],
+        rows_key: &'k str,
+    }
+    impl<'de> Visitor<'de> for Root<'_> {
+        type Value = Vec<Slots>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Slots>, A::Error> {
+            let mut rows = None;
+            while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if k == self.rows_key {
+                    rows = Some(map.next_value_seed(Rows(self.keys))?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            rows.ok_or_else(|| serde::de::Error::custom("no readings field"))
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let rows = match rows_key {
+        None => Rows(keys).deserialize(&mut de).ok()?,
+        Some(rows_key) => de.deserialize_map(Root { keys, rows_key }).ok()?,
+    };
+    de.end().ok()?;
+    Some(rows)
 }
 
 fn json_item(
@@ -844,6 +969,10 @@ mod tests {
             r#"{"broker":"b","topic":"p/+","format":"json","tag_field":"id","value_field":"v",
                 "unit_field":"u","quality_field":"u","time_field":"t","time_format":"epoch_ns"}"#,
             r#"{"broker":"b","topic":"p/#","format":"json","tag_segment":3}"#,
+            r#"{"broker":"b","topic":"p/+","format":"json","tag_field":"tag","readings_field":"r",
+                "time_field":"ts","time_format":"epoch_ms","unit_field":"u"}"#,
+            r#"{"broker":"b","topic":"p/+","format":"json","tag_field":"tag","unit_field":"u",
+                "quality_field":"u"}"#,
         ];
         let payloads = [
             r#"{"value": 12.5}"#,
@@ -864,8 +993,20 @@ mod tests {
             r#"42"#,
             r#""#,
             r#"{"value":null}"#,
+            r#"{"r":[{"tag":"A","value":1,"ts":1764144000123},{"tag":"B","value":"2","u":"ppm"}]}"#,
+            r#"{"x":1,"r":[],"y":[1,{"r":2}]}"#,
+            r#"{"r":[{"tag":"A","value":1},5]}"#,
+            r#"{"r":{"tag":"A","value":1}}"#,
+            r#"{"r":[{"tag":"A","value":1}],"r":[{"tag":"B","value":2}]}"#,
+            r#"{"r":[{"tag":7,"value":1,"value":3},{"tag":"","value":1},{"value":1}]}"#,
+            r#"{"q":[{"tag":"A","value":1}]}"#,
+            r#"[{"value":1,"u":"ppm"},{"value":2,"tag":"Z","u":"%LEL"}]"#,
+            r#"[{"value":1},]"#,
+            r#"[{"tag":"A","value":1}] x"#,
+            r#"[]"#,
         ];
         let mut fast_used = 0;
+        let mut rows_used = 0;
         for s in subs {
             let sub = sub(s);
             for topic in ["p/AT-1", "p/x/y/T"] {
@@ -881,10 +1022,19 @@ mod tests {
                     {
                         fast_used += 1;
                     }
+                    if let (Some(k), Some(r)) = (flat_item_keys(&sub), readings_key(&sub))
+                        && flat_rows(&k, r, p.as_bytes()).is_some()
+                    {
+                        rows_used += 1;
+                    }
                 }
             }
         }
         assert!(fast_used > 40, "the fast path was taken {fast_used} times");
+        assert!(
+            rows_used > 20,
+            "the array fast path was taken {rows_used} times"
+        );
         // Nested paths and arrays of readings never take the fast path.
         let nested =
             sub(r#"{"broker":"b","topic":"gw/1","format":"json","tag":"T","value_field":"d.v"}"#);
@@ -893,6 +1043,11 @@ mod tests {
             r#"{"broker":"b","topic":"gw/1","format":"json","tag":"T","readings_field":"rows"}"#,
         );
         assert!(flat_keys(&rows).is_none());
+        // Arrays under a nested path take the general path.
+        let deep = sub(
+            r#"{"broker":"b","topic":"gw/1","format":"json","tag":"T","readings_field":"d.rows"}"#,
+        );
+        assert!(readings_key(&deep).is_none());
     }
 
     #[test]
