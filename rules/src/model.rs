@@ -239,6 +239,17 @@ pub struct AlarmLimits {
 }
 
 impl AlarmLimits {
+    /// Whether `v` is at or beyond any of the level limits (`h`/`hh` from above, `l`/`ll`
+    /// from below), without deadband or delays: a quick hint for stages ahead of the
+    /// engine (the MQTT subscriber hands such a reading over at once instead of letting it
+    /// linger). The engine alone decides alarms.
+    pub fn beyond(&self, v: f64) -> bool {
+        self.h.is_some_and(|h| v >= h)
+            || self.hh.is_some_and(|h| v >= h)
+            || self.l.is_some_and(|l| v <= l)
+            || self.ll.is_some_and(|l| v <= l)
+    }
+
     /// Consistency of the limits, as messages naming the field (empty = fine): finite
     /// numbers, `ll ≤ l < h ≤ hh`, non-negative deadband, positive rate-of-change settings.
     pub fn problems(&self) -> Vec<crate::FieldError> {
@@ -371,5 +382,39 @@ impl Point {
     /// The measuring span.
     pub fn span(&self) -> f64 {
         self.range_hi - self.range_lo
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AlarmLimits;
+
+    #[test]
+    fn beyond_is_at_or_past_any_level_limit() {
+        let l = AlarmLimits {
+            hh: Some(50.0),
+            h: Some(25.0),
+            l: Some(19.5),
+            ll: Some(18.0),
+            ..AlarmLimits::default()
+        };
+        for (v, want) in [
+            (20.9, false),
+            (24.99, false),
+            (25.0, true),
+            (60.0, true),
+            (19.5, true),
+            (10.0, true),
+            (19.6, false),
+        ] {
+            assert_eq!(l.beyond(v), want, "{v}");
+        }
+        // Only the limits that are set count; none set → never beyond.
+        let h_only = AlarmLimits {
+            h: Some(25.0),
+            ..AlarmLimits::default()
+        };
+        assert!(!h_only.beyond(-1e9));
+        assert!(!AlarmLimits::default().beyond(1e9));
     }
 }

@@ -52,7 +52,7 @@ use super::decode::{decode, resolve};
 use super::sparkplug::SparkplugState;
 use super::stats::MqttStats;
 use crate::backoff::Backoff;
-use parkguard_rules::{PointTable, Reading, Timestamp};
+use parkguard_rules::{PointTable, Quality, Reading, Timestamp};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -237,6 +237,7 @@ pub fn spawn_subscriber_with<H: Handover>(
         last_handover: std::time::Instant::now(),
         rebirths: Default::default(),
         clock: ReceiveClock::default(),
+        urgent: false,
     };
     Ok(match sub.broker.protocol {
         MqttProtocol::V311 => {
@@ -287,6 +288,11 @@ struct Subscriber<H> {
     rebirths: std::collections::HashMap<String, std::time::Instant>,
     /// Receive time of the messages being mapped.
     clock: ReceiveClock,
+    /// The batch holds a reading that may raise an alarm (at or beyond one of its point's
+    /// level limits, or not of good quality): it is handed over at once, not lingering.
+    /// The limits are the configured ones; a limit changed at run time only moves this
+    /// hint (a reading then lingers at most LINGER), never the engine's decision.
+    urgent: bool,
 }
 
 /// The receive time stamped on messages, read once per socket read rather than once per
@@ -486,6 +492,7 @@ impl<H: Handover> Subscriber<H> {
             // (`quiet` reads the clock: only asked when it decides.)
             let quiet = || self.last_handover.elapsed() >= LINGER;
             if self.batch.len() >= MAX_BATCH
+                || self.urgent
                 || (drained && (self.unflushed >= FLUSH_MIN || (!lingering && quiet())))
                 || (after_pause && read_waited)
             {
@@ -557,6 +564,15 @@ impl<H: Handover> Subscriber<H> {
         for raw in &decoded.readings {
             match resolve(&self.table, raw, receive_time) {
                 Ok(r) => {
+                    if !self.urgent
+                        && (r.quality != Quality::Good
+                            || self
+                                .table
+                                .get(r.point)
+                                .is_some_and(|p| p.limits.beyond(r.value)))
+                    {
+                        self.urgent = true;
+                    }
                     let newest = &mut self.newest[r.point.index()];
                     if r.source_time.0 < *newest {
                         self.stats.out_of_order.fetch_add(1, Relaxed);
@@ -611,6 +627,7 @@ impl<H: Handover> Subscriber<H> {
     /// batch is durable (queued in `pending`, in order behind earlier batches).
     async fn flush<C: Connection>(&mut self, el: &mut C, shutdown: &CancellationToken) -> Flow {
         self.unflushed = 0;
+        self.urgent = false;
         self.last_handover = std::time::Instant::now();
         let mut done = None;
         if !self.batch.is_empty() {
@@ -731,6 +748,9 @@ mod tests {
                 // Virtual time moves exactly to the arrival (a timer would round it up to
                 // the next millisecond and bunch the messages).
                 self.waits.fetch_add(1, Relaxed);
+                // Let the reader of the hand-overs run first, so it notes its hand-over
+                // time before the clock jumps (the socket read waits, the reader runs).
+                tokio::task::yield_now().await;
                 tokio::time::advance(at - now).await;
             }
             self.arrivals.pop_front();
@@ -760,6 +780,15 @@ mod tests {
     /// Runs a subscriber over messages arriving every `gap` (virtual time); returns the
     /// polls that waited and, per message, its delay from arrival to hand-over.
     async fn run_stream(n: usize, gap: Duration) -> (usize, Vec<Duration>) {
+        run_stream_with(n, gap, AlarmLimits::default()).await
+    }
+
+    /// [`run_stream`] with these limits on the point (message `i` has the value `i`).
+    async fn run_stream_with(
+        n: usize,
+        gap: Duration,
+        limits: AlarmLimits,
+    ) -> (usize, Vec<Duration>) {
         let broker: MqttBrokerConfig =
             serde_json::from_str(r#"{"id":"b","host":"127.0.0.1"}"#).expect("broker");
         let sub: MqttSubscriptionConfig =
@@ -779,7 +808,7 @@ mod tests {
                 unit: Unit::Ppm,
                 range_lo: 0.0,
                 range_hi: 1e9,
-                limits: AlarmLimits::default(),
+                limits,
                 expected_interval: Duration::from_secs(1),
                 location: None,
             }])
@@ -801,6 +830,7 @@ mod tests {
             last_handover: std::time::Instant::now(),
             rebirths: Default::default(),
             clock: ReceiveClock::default(),
+            urgent: false,
         };
         let t0 = Instant::now() + Duration::from_millis(1);
         let arrivals: Vec<Instant> = (0..n).map(|i| t0 + gap * i as u32).collect();
@@ -864,6 +894,32 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         c.invalidate();
         assert!(c.get().0 > reread.0, "read again after a read that waited");
+    }
+
+    /// In a stream that lingers, a reading at or beyond its point's limit is handed over
+    /// the moment it is read; the others may wait for company (up to LINGER).
+    #[tokio::test(start_paused = true)]
+    async fn a_reading_beyond_its_limit_does_not_linger() {
+        let limits = AlarmLimits {
+            h: Some(250.0),
+            ..AlarmLimits::default()
+        };
+        let n = 500;
+        let (_, delays) = run_stream_with(n, Duration::from_micros(200), limits).await;
+        let (below, beyond) = delays.split_at(249); // values 1..=249, then 250..=500
+        let lingered = below.iter().filter(|d| !d.is_zero()).count();
+        assert!(
+            lingered * 2 > below.len(),
+            "only {lingered} of {} readings below the limit lingered: the test shows nothing",
+            below.len()
+        );
+        let late: Vec<_> = beyond.iter().filter(|d| !d.is_zero()).collect();
+        assert!(
+            late.is_empty(),
+            "{} of {} readings beyond the limit waited: {late:?}",
+            late.len(),
+            beyond.len()
+        );
     }
 
     #[tokio::test(start_paused = true)]
