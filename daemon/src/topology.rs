@@ -9,12 +9,12 @@
 //!
 //! Back-pressure of the readings channel: bounded at [`READINGS_CAPACITY`] batches. Modbus
 //! pollers `try_send` and count a dropped poll when it is full (a poll is cheap to repeat
-//! and the next one comes within its interval). MQTT subscribers use a channel of their
-//! own ([`DurableBatch`]: readings + a completion signal the spool writer sends after
-//! the spool append and fsync, when the QoS 1 messages are acknowledged; the recorder
-//! hands each batch to the engine first and to the spool writer in parallel, so alarms
-//! never wait for a fsync); they await when it
-//! is full, so the broker keeps unacknowledged QoS 1 messages. The engine evaluates millions of readings a second,
+//! and the next one comes within its interval); the recorder thread hands each of their
+//! batches to the engine first and a copy to the spool writer, so alarms never wait for a
+//! fsync. MQTT subscribers do those two steps themselves (`MqttHandover`, one thread hop
+//! less): the batch to the engine, then to the spool writer with a completion signal it
+//! sends after the append and fsync, when the QoS 1 messages are acknowledged; they await
+//! when a channel is full, so the broker keeps unacknowledged QoS 1 messages. The engine evaluates millions of readings a second,
 //! so the channel fills only when a downstream stage (the journal) stalls.
 
 use crate::config::ParkConfig;
@@ -25,7 +25,7 @@ use crate::store::spool::{Spool, SpoolStats};
 use anyhow::{Context, Result};
 use parkguard_drivers::influx::{InfluxStats, InfluxWriter};
 use parkguard_drivers::modbus::{self, ModbusMetrics};
-use parkguard_drivers::mqtt::source::DurableBatch;
+use parkguard_drivers::mqtt::source::{Handover, HandoverClosed};
 use parkguard_drivers::mqtt::{self, MqttStats};
 use parkguard_rules::alarm::{EventKind, SourceKind};
 use parkguard_rules::engine::{Engine, Event};
@@ -273,16 +273,15 @@ pub async fn start_with(
 
     // Recorder: sources → engine, then → spool (alarm latency never waits on the disk).
     let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(READINGS_CAPACITY);
-    // MQTT batches carry a completion signal: bounded like the readings channel; the
-    // subscriber awaits when it is full (the broker keeps the unacknowledged messages).
-    let (durable_tx, durable_rx) = mpsc::channel::<DurableBatch>(READINGS_CAPACITY);
-    threads.extend(spawn_recorder(
-        spool,
-        Arc::clone(&cfg.table),
-        readings_rx,
-        durable_rx,
-        engine_tx,
-    )?);
+    let (spool_tx, spool_rx) = mpsc::channel::<SpoolWork>(SPOOL_QUEUE);
+    threads.push(spawn_spool_writer(spool, Arc::clone(&cfg.table), spool_rx)?);
+    // MQTT subscribers do the recorder's two steps themselves (`MqttHandover`): one thread
+    // hop less between a message and its alarm.
+    let mqtt_handover = MqttHandover {
+        engine: engine_tx.clone(),
+        spool: spool_tx.clone(),
+    };
+    threads.push(spawn_recorder(readings_rx, engine_tx, spool_tx)?);
 
     // Sources.
     let metrics = Arc::new(ModbusMetrics::new(&cfg.modbus_plan));
@@ -303,7 +302,7 @@ pub async fn start_with(
             broker.clone(),
             cfg.mqtt_subscriptions.clone(),
             Arc::clone(&cfg.table),
-            durable_tx.clone(),
+            mqtt_handover.clone(),
             Arc::clone(&stats),
             shutdown.clone(),
         )
@@ -311,7 +310,7 @@ pub async fn start_with(
         tasks.push(task);
         mqtt_stats.push((broker.id.clone(), stats));
     }
-    drop(durable_tx);
+    drop(mqtt_handover);
     tasks.push(spawn_event_log(handle.events.subscribe(), shutdown.clone()));
     info!(
         points = cfg.table.len(),
@@ -449,24 +448,19 @@ struct SpoolWork {
     done: Option<oneshot::Sender<()>>,
 }
 
-/// The recorder: forwards every batch to the engine at once, and a copy to the spool
-/// writer thread ([`spawn_spool_writer`]). Two stages so that an alarm never waits for the
-/// disk: while the spool writer is in a fsync (milliseconds, more on a busy disk), the
-/// next batches already reach the engine. MQTT QoS 1 messages are still acknowledged only
-/// after their readings are appended and synced (the spool writer sends `done`).
+/// The recorder: forwards every batch of the sources without a completion signal (Modbus)
+/// to the engine at once, and a copy to the spool writer thread ([`spawn_spool_writer`]).
+/// Two stages so that an alarm never waits for the disk: while the spool writer is in a
+/// fsync (milliseconds, more on a busy disk), the next batches already reach the engine.
 fn spawn_recorder(
-    spool: Spool,
-    table: Arc<PointTable>,
     mut rx: mpsc::Receiver<Vec<Reading>>,
-    mut durable_rx: mpsc::Receiver<DurableBatch>,
     engine: mpsc::Sender<Vec<Reading>>,
-) -> Result<Vec<std::thread::JoinHandle<()>>> {
-    let (spool_tx, spool_rx) = mpsc::channel::<SpoolWork>(SPOOL_QUEUE);
-    let writer = spawn_spool_writer(spool, table, spool_rx)?;
-    let recorder = std::thread::Builder::new()
+    spool_tx: mpsc::Sender<SpoolWork>,
+) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
         .name("recorder".into())
         .spawn(move || {
-            // A current-thread runtime of its own: waits on both channels.
+            // A current-thread runtime of its own: awaits the channels.
             let rt = match tokio::runtime::Builder::new_current_thread().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -475,19 +469,7 @@ fn spawn_recorder(
                 }
             };
             rt.block_on(async move {
-                let (mut plain_open, mut durable_open) = (true, true);
-                loop {
-                    let (readings, done) = tokio::select! {
-                        b = durable_rx.recv(), if durable_open => match b {
-                            Some(b) => (b.readings, Some(b.done)),
-                            None => { durable_open = false; continue; }
-                        },
-                        b = rx.recv(), if plain_open => match b {
-                            Some(b) => (b, None),
-                            None => { plain_open = false; continue; }
-                        },
-                        else => break,
-                    };
+                while let Some(readings) = rx.recv().await {
                     let copy = readings.clone();
                     if engine.send(readings).await.is_err() {
                         warn!("engine task gone; recorder stops");
@@ -495,7 +477,7 @@ fn spawn_recorder(
                         let _ = spool_tx
                             .send(SpoolWork {
                                 readings: copy,
-                                done,
+                                done: None,
                             })
                             .await;
                         break;
@@ -503,7 +485,7 @@ fn spawn_recorder(
                     if spool_tx
                         .send(SpoolWork {
                             readings: copy,
-                            done,
+                            done: None,
                         })
                         .await
                         .is_err()
@@ -514,8 +496,41 @@ fn spawn_recorder(
                 }
             });
         })
-        .context("cannot spawn the recorder thread")?;
-    Ok(vec![recorder, writer])
+        .context("cannot spawn the recorder thread")
+}
+
+/// The MQTT subscribers' hand-over: the recorder's two steps done by the subscriber task
+/// itself — the batch to the engine at once, then a copy to the spool writer with the
+/// completion signal it sends after the append and fsync, when the subscriber acknowledges
+/// the QoS 1 messages. Without the recorder's thread hop a reading reaches the engine one
+/// wake-up sooner. Back-pressure as before: the subscriber awaits a full engine channel or
+/// spool queue, and the broker keeps the unacknowledged messages.
+#[derive(Clone)]
+struct MqttHandover {
+    engine: mpsc::Sender<Vec<Reading>>,
+    spool: mpsc::Sender<SpoolWork>,
+}
+
+impl Handover for MqttHandover {
+    async fn hand_over(
+        &self,
+        readings: Vec<Reading>,
+    ) -> Result<Option<oneshot::Receiver<()>>, HandoverClosed> {
+        let (done, rx) = oneshot::channel();
+        let copy = readings.clone();
+        self.engine
+            .send(readings)
+            .await
+            .map_err(|_| HandoverClosed)?;
+        self.spool
+            .send(SpoolWork {
+                readings: copy,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| HandoverClosed)?;
+        Ok(Some(rx))
+    }
 }
 
 /// The spool writer thread: appends what it gathered to the spool (fsync per
