@@ -183,22 +183,47 @@ fn decode_json(
     receive_time: Timestamp,
     out: &mut Decoded,
 ) {
+    // Fast path: one flat object, every field a top-level key (the common gateway shape).
+    // Only the configured fields are materialised; everything else is skipped without
+    // allocating. Any other shape, and every error, takes the general path below, so
+    // results and error texts are the same on both. One difference: fields the
+    // subscription does not read are only checked for syntax (a number out of f64 range
+    // there is not an error).
     if let Some(keys) = flat_keys(sub)
         && let Some(slots) = flat_fields(&keys, payload)
     {
-        // Fast path: one flat object, every field a top-level key (the common gateway
-        // shape). Only the configured fields are materialised; everything else is skipped
-        // without allocating. Any other shape, and every error, takes the general path
-        // below, so results and error texts are the same on both. One difference: fields
-        // the subscription does not read are only checked for syntax (a number out of
-        // f64 range there is not an error).
-        let topic_tag = match topic_tag(sub, topic) {
-            Ok(t) => t,
-            Err(e) => {
-                out.errors.push(e);
-                return;
-            }
-        };
+        flat_readings(sub, topic, std::slice::from_ref(&slots), receive_time, out);
+        return;
+    }
+    // Fast path for arrays of readings (a gateway's batch): the root array, or the array
+    // under one top-level key (`readings_field`), each element a flat object. As above:
+    // any other shape and every error take the general path.
+    if let (Some(keys), Some(rows_key)) = (flat_item_keys(sub), readings_key(sub))
+        && let Some(rows) = flat_rows(&keys, rows_key, payload)
+    {
+        flat_readings(sub, topic, &rows, receive_time, out);
+        return;
+    }
+    decode_json_general(sub, topic, payload, receive_time, out);
+}
+
+/// The readings of the fast paths' objects (`rows`: their fields, see [`flat_fields`]).
+fn flat_readings(
+    sub: &Subscription,
+    topic: &str,
+    rows: &[Slots],
+    receive_time: Timestamp,
+    out: &mut Decoded,
+) {
+    let topic_tag = match topic_tag(sub, topic) {
+        Ok(t) => t,
+        Err(e) => {
+            out.errors.push(e);
+            return;
+        }
+    };
+    out.readings.reserve(rows.len());
+    for slots in rows {
         let fields = Fields {
             value: slots[0].as_ref(),
             unit: slots[1].as_ref(),
@@ -210,38 +235,7 @@ fn decode_json(
             Ok(r) => out.readings.push(r),
             Err(e) => out.errors.push(e),
         }
-        return;
     }
-    // Fast path for arrays of readings (a gateway's batch): the root array, or the array
-    // under one top-level key (`readings_field`), each element a flat object. As above:
-    // any other shape and every error take the general path.
-    if let (Some(keys), Some(rows_key)) = (flat_item_keys(sub), readings_key(sub))
-        && let Some(rows) = flat_rows(&keys, rows_key, payload)
-    {
-        let topic_tag = match topic_tag(sub, topic) {
-            Ok(t) => t,
-            Err(e) => {
-                out.errors.push(e);
-                return;
-            }
-        };
-        out.readings.reserve(rows.len());
-        for slots in &rows {
-            let fields = Fields {
-                value: slots[0].as_ref(),
-                unit: slots[1].as_ref(),
-                time: slots[2].as_ref(),
-                quality: slots[3].as_ref(),
-                tag: slots[4].as_ref(),
-            };
-            match json_item(sub, topic_tag.as_deref(), &fields, receive_time) {
-                Ok(r) => out.readings.push(r),
-                Err(e) => out.errors.push(e),
-            }
-        }
-        return;
-    }
-    decode_json_general(sub, topic, payload, receive_time, out);
 }
 
 /// Any JSON shape: the whole payload as a `serde_json::Value`, fields found by path.
