@@ -2081,6 +2081,14 @@ pub async fn pump(
                 }
                 let snap = snaps.borrow_and_update().clone();
                 last_rx.resize(snap.points.len(), None);
+                if !hub.wants_points() {
+                    // Nobody listens: note what was seen, build nothing (the hub has
+                    // recorded the gap; a client resuming from before it reloads).
+                    for (i, p) in snap.points.iter().enumerate() {
+                        last_rx[i] = p.receive_time;
+                    }
+                    continue;
+                }
                 let now = Instant::now();
                 // New values go out as the compact `PointUpdate` (the dynamic fields only;
                 // the console keeps the rest from `/api/v1/points`): at 10,000 points a
@@ -2537,6 +2545,8 @@ mod tests {
         let (snap_tx, snap_rx) = watch::channel(Arc::new(engine.snapshot()));
         let backend = EngineBackend::new(bare_parts(table, req_tx, ev_tx, snap_rx));
         let hub = Arc::new(EventHub::new(HubSettings::default(), 1));
+        // A console is connected (with none, value updates are not built at all).
+        let _console = hub.subscribe(None);
         let cancel = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(pump(backend, hub.clone(), cancel.clone()));
         let t = system_now();
