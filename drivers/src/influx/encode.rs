@@ -118,21 +118,20 @@ pub fn string_value(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// Append a finite float in its shortest round-trip form.
+/// Append a finite float in its shortest round-trip form: `1`, `0.1`, `1e300`, `5e-324`;
+/// plain digits from 1e-5 up to 1e16, an exponent outside (what Rust's `{}` and `{:e}`
+/// print there, checked against them in `floats_match_the_standard_formatting`). Written
+/// by `ryu`, without `core::fmt`: the writer formats every stored reading (issue #11).
 pub fn float(out: &mut Vec<u8>, v: f64) {
-    let a = v.abs();
-    // Rust's `{}` never uses an exponent (1e300 would be 301 digits); `{:e}` is shortest
-    // too. Both are exact round-trips.
-    let r = if a != 0.0 && !(1e-5..1e16).contains(&a) {
-        write!(out, "{v:e}")
-    } else {
-        write!(out, "{v}")
-    };
-    r.expect("writing to a Vec cannot fail");
+    let mut b = ryu::Buffer::new();
+    let s = b.format_finite(v);
+    // ryu writes integral values as `1.0`; line protocol (and `{}`) has `1`.
+    let s = s.strip_suffix(".0").unwrap_or(s);
+    out.extend_from_slice(s.as_bytes());
 }
 
 fn int(out: &mut Vec<u8>, v: i64) {
-    write!(out, "{v}").expect("writing to a Vec cannot fail");
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 /// Append one generic point as a line (with trailing `\n`). Tags are written in the given
@@ -412,6 +411,67 @@ mod tests {
             let t = s(|o| float(o, v));
             assert_eq!(t, text);
             assert_eq!(t.parse::<f64>().expect("parse"), v);
+        }
+    }
+
+    /// The reference: what `float` wrote with `core::fmt` before it used ryu.
+    fn std_float(v: f64) -> String {
+        let a = v.abs();
+        if a != 0.0 && !(1e-5..1e16).contains(&a) {
+            format!("{v:e}")
+        } else {
+            format!("{v}")
+        }
+    }
+
+    #[test]
+    fn floats_match_the_standard_formatting() {
+        // The edges of the plain range, integral values, negative zero, subnormals, and a
+        // million random bit patterns (xorshift, fixed seed) over every exponent.
+        let mut edges = vec![
+            -0.0,
+            1e-5,
+            9.999999999999999e-6,
+            1e16,
+            9999999999999998.0,
+            1e15,
+            123.0,
+            -7.0,
+            2.2250738585072014e-308,
+            f64::MIN_POSITIVE / 3.0,
+            f64::EPSILON,
+            0.30000000000000004,
+            45.6,
+            1e21,
+        ];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..1_000_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            edges.push(f64::from_bits(x));
+        }
+        let (mut checked, mut same) = (0, 0);
+        for v in edges.into_iter().filter(|v| v.is_finite()) {
+            let t = s(|o| float(o, v));
+            let r = std_float(v);
+            // Read back bit-identical, as short, in the same notation. Where two shortest
+            // forms exist, ryu and `core::fmt` may pick the other one of the last digit
+            // (1658206780088562.2 and .3 are the same f64).
+            assert_eq!(
+                t.parse::<f64>().map(f64::to_bits),
+                Ok(v.to_bits()),
+                "{t} for {v:?}"
+            );
+            assert_eq!(t.len(), r.len(), "{t} against {r}");
+            assert_eq!(t.contains('e'), r.contains('e'), "{t} against {r}");
+            same += usize::from(t == r);
+            checked += 1;
+        }
+        assert!(checked > 990_000, "{checked}");
+        assert!(same * 100 > checked * 99, "{same} of {checked} identical");
+        for v in [0, -1, i64::MIN, i64::MAX, 1_700_000_000_123_456_789] {
+            assert_eq!(s(|o| int(o, v)), v.to_string());
         }
     }
 
