@@ -89,7 +89,7 @@ fn start_writer(spool: &Spool, base: &str, batch: usize) -> Writer {
     cfg.batch_size = batch;
     cfg.batch_interval_ms = 100;
     cfg.concurrency = env("BENCH_CONCURRENCY", 4) as usize;
-    cfg.gzip = env("BENCH_GZIP", 1) != 0;
+    cfg.gzip = Some(env("BENCH_GZIP", 1) != 0);
     let w = InfluxWriter::new(
         cfg.validate().expect("cfg"),
         std::env::temp_dir().join("pg-bench-dead.lp"),

@@ -119,6 +119,10 @@ pub fn influx_config(base: &str) -> InfluxConfig {
     c.retry_initial_ms = 20;
     c.retry_max_ms = 500;
     c.timeout_ms = 5000;
+    // Compressed, although the database is local (the default would not): these tests
+    // prove the gzip path against the fake and the real VictoriaMetrics; the daemon's
+    // end-to-end tests use the default and so the plain one.
+    c.gzip = Some(true);
     c
 }
 
