@@ -262,9 +262,16 @@ pub struct AuthService {
     /// Settings.
     pub settings: AuthSettings,
     /// A real argon2 hash to verify against for unknown users, so that the answer takes
-    /// the same time whether or not the user exists.
-    dummy_hash: String,
+    /// the same time whether or not the user exists ([`DUMMY_HASH`]).
+    dummy_hash: &'static str,
 }
+
+/// The argon2id hash (default parameters, as [`hash_password`] makes them) of a password
+/// nobody has, verified for unknown users. A constant instead of hashing one at start-up:
+/// argon2's default takes 19 MiB for the hash, which was a third of the daemon's peak
+/// memory when it started with 10,000 points (issue #11). Verifying it costs what
+/// verifying a real user's does (`the_dummy_hash_has_the_default_parameters`).
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$KjrkuCmZ5fTNMoxGxoR26A$DefahTQg4IKM9w/W3og6nNBbqW46mcklewSvJEB2sC8";
 
 impl AuthService {
     /// Build from a users file.
@@ -289,7 +296,7 @@ impl AuthService {
                 settings.window,
             )),
             settings,
-            dummy_hash: hash_password("no such user, constant-time filler")?,
+            dummy_hash: DUMMY_HASH,
         })
     }
 
@@ -378,7 +385,7 @@ impl AuthService {
         let ok = match user {
             Some(u) if !u.password_hash.is_empty() => verify_password(&u.password_hash, password),
             _ => {
-                let _ = verify_password(&self.dummy_hash, password);
+                let _ = verify_password(self.dummy_hash, password);
                 false
             }
         };
@@ -497,6 +504,26 @@ pub fn ct_eq(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Unknown users are answered as slowly as known ones only if the dummy hash costs
+    /// what a real one does: same algorithm, version and parameters as a fresh hash.
+    #[test]
+    fn the_dummy_hash_has_the_default_parameters() {
+        use argon2::PasswordHash;
+        let fresh = hash_password("x").expect("hash");
+        let (d, f) = (
+            PasswordHash::new(DUMMY_HASH).expect("dummy parses"),
+            PasswordHash::new(&fresh).expect("fresh parses"),
+        );
+        assert_eq!(d.algorithm, f.algorithm);
+        assert_eq!(d.version, f.version);
+        assert_eq!(d.params, f.params, "{DUMMY_HASH} against {fresh}");
+        assert!(verify_password(
+            DUMMY_HASH,
+            "no such user, constant-time filler"
+        ));
+        assert!(!verify_password(DUMMY_HASH, "x"));
+    }
 
     #[test]
     fn rate_limit_window() {
