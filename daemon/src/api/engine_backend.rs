@@ -2096,6 +2096,11 @@ pub async fn pump(
                 // CPU in a burst and most of the SSE ring's memory (issue #11).
                 let states = alarm_states(&snap);
                 for (i, p) in snap.points.iter().enumerate() {
+                    if i % 256 == 255 {
+                        // Let the clients' tasks drain their queues between slices of a
+                        // 10,000-point pass, and the alarm pump run.
+                        tokio::task::yield_now().await;
+                    }
                     if p.receive_time != last_rx[i] {
                         last_rx[i] = p.receive_time;
                         let alarms = states.get(p.tag.as_str()).copied().unwrap_or(PointState::Normal);

@@ -87,6 +87,20 @@ pub struct HubSettings {
     pub point_interval: Duration,
 }
 
+impl HubSettings {
+    /// The defaults, with the broadcast sized for a park of `points` points: once a second
+    /// the pump publishes up to one update per point at once, and a client whose queue
+    /// cannot hold that burst lags and is reset every second (10,000 points against the
+    /// old fixed 4,096: a reset a second; issue #11).
+    pub fn for_points(points: usize) -> Self {
+        let d = Self::default();
+        Self {
+            capacity: d.capacity.max(points.saturating_add(d.capacity)),
+            ..d
+        }
+    }
+}
+
 impl Default for HubSettings {
     fn default() -> Self {
         Self {
@@ -465,6 +479,33 @@ mod tests {
         // And one resuming after the gap is replayed, not reset.
         let later = hub.subscribe(Some(3));
         assert!(!later.reset);
+    }
+
+    /// Once a second a 10,000-point park publishes up to 10,000 updates at once: a console
+    /// must receive them all without lagging (and so without a reset and reload).
+    #[test]
+    fn a_whole_park_pass_fits_in_a_clients_queue() {
+        let pass = |settings: HubSettings| {
+            let hub = EventHub::new(settings, 1);
+            let t0 = Instant::now();
+            let mut sub = hub.subscribe(None);
+            for i in 0..10_000 {
+                hub.publish_point(&format!("GT-{i}"), &i, t0);
+            }
+            let mut got = 0;
+            loop {
+                match sub.rx.try_recv() {
+                    Ok(_) => got += 1,
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => return Err(got),
+                    Err(_) => return Ok(got),
+                }
+            }
+        };
+        assert_eq!(pass(HubSettings::for_points(10_000)), Ok(10_000));
+        assert!(
+            pass(HubSettings::default()).is_err(),
+            "the fixed default lags at this size"
+        );
     }
 
     #[test]

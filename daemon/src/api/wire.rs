@@ -79,7 +79,10 @@ pub async fn serve_with_drills(
     let audit_db = cfg.data.dir.join("audit.db");
     // Event ids start at the Unix time in ms so they keep increasing across restarts.
     let first_id = u64::try_from(crate::engine_task::system_now().0 / 1_000_000).unwrap_or(1);
-    let hub = Arc::new(EventHub::new(HubSettings::default(), first_id));
+    let hub = Arc::new(EventHub::new(
+        HubSettings::for_points(cfg.table.points().len()),
+        first_id,
+    ));
     // Seeding from the journal reads SQLite: blocking work.
     let backend = tokio::task::spawn_blocking(move || EngineBackend::new(parts))
         .await

@@ -48,7 +48,7 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,11 +82,14 @@ struct Args {
     /// more = a gateway's JSON array `{"r":[{"tag":…,"value":…,"ts":…},…]}` on `gwb/<n>`,
     /// the way enterprise gateways publish one scan of their points.
     batch: usize,
+    /// `modbus` only: keep a console's SSE stream open during the run (`--console`), as
+    /// when an operator watches; the point events it receives are counted.
+    console: bool,
 }
 
 const USAGE: &str = "usage: e2e-bench burst|steady|modbus|soak [--points N] [--readings N] [--rate R] \
 [--seconds S] [--qos 0|1] [--probe-ms MS] [--devices D] [--registers R] [--hz H] [--warmup S] \
-[--outage S] [--broker-restart yes|no] [--batch N] [--daemon PATH] [--keep]";
+[--outage S] [--broker-restart yes|no] [--batch N] [--daemon PATH] [--keep] [--console]";
 
 fn args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
@@ -122,6 +125,7 @@ fn args() -> Result<Args> {
         keep: false,
         broker_restart,
         batch: 1,
+        console: false,
     };
     while let Some(k) = it.next() {
         let mut v = || it.next().with_context(|| format!("{k} needs a value"));
@@ -139,6 +143,7 @@ fn args() -> Result<Args> {
             "--outage" => a.outage = v()?.parse()?,
             "--daemon" => a.daemon = Some(v()?.into()),
             "--keep" => a.keep = true,
+            "--console" => a.console = true,
             "--broker-restart" => a.broker_restart = v()? != "no",
             "--batch" => a.batch = v()?.parse()?,
             other => bail!("unknown option {other}\n{USAGE}"),
@@ -616,6 +621,44 @@ async fn sse_reader(
                     .unwrap_or_else(|e| e.into_inner())
                     .arrived(point, Via::Sse, now);
             }
+        }
+        eprintln!("SSE stream ended; reconnecting");
+    }
+}
+
+/// A console's live stream: read the daemon's SSE stream and count `point` events.
+async fn console_reader(
+    api: String,
+    token: String,
+    points: Arc<AtomicU64>,
+    resets: Arc<AtomicU64>,
+) {
+    loop {
+        let r = reqwest::Client::new()
+            .get(format!("{api}/api/v1/events"))
+            .bearer_auth(&token)
+            .send()
+            .await;
+        let mut resp = match r.and_then(|r| r.error_for_status()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("SSE connect failed: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let mut tail = Vec::new();
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            tail.extend_from_slice(&chunk);
+            let text = String::from_utf8_lossy(&tail);
+            let Some(end) = text.rfind("\n\n") else {
+                continue;
+            };
+            let n = text[..end].matches("event: point\n").count();
+            points.fetch_add(n as u64, Ordering::SeqCst);
+            let r = text[..end].matches("event: reset\n").count();
+            resets.fetch_add(r as u64, Ordering::SeqCst);
+            tail.drain(..end + 2);
         }
         eprintln!("SSE stream ended; reconnecting");
     }
@@ -1266,7 +1309,19 @@ async fn modbus(a: &Args, bin: &Path) -> Result<()> {
         a.registers,
         a.hz
     );
+    let point_events = Arc::new(AtomicU64::new(0));
+    let resets = Arc::new(AtomicU64::new(0));
+    let console = a.console.then(|| {
+        tokio::spawn(console_reader(
+            daemon.api.clone(),
+            daemon.token.clone(),
+            point_events.clone(),
+            resets.clone(),
+        ))
+    });
     tokio::time::sleep(Duration::from_secs(a.warmup)).await;
+    let events0 = point_events.load(Ordering::SeqCst);
+    let resets0 = resets.load(Ordering::SeqCst);
     let sample = || async {
         Ok::<_, anyhow::Error>((
             Instant::now(),
@@ -1315,6 +1370,17 @@ async fn modbus(a: &Args, bin: &Path) -> Result<()> {
         daemon.mem_mib("VmRSS")?,
         daemon.mem_mib("VmHWM")?
     );
+    match console {
+        Some(task) => {
+            task.abort();
+            println!(
+                "a console connected (SSE): {:.0} point events/s received, {} resets (fell behind, must reload)",
+                (point_events.load(Ordering::SeqCst) - events0) as f64 / secs,
+                resets.load(Ordering::SeqCst) - resets0
+            );
+        }
+        None => println!("no console connected (--console keeps an SSE stream open)"),
+    }
     println!("poll-start jitter: not exported by the daemon; see modbus_bench (poller alone)");
     drop(child.stdin.take());
     let _ = child.wait();
