@@ -2568,7 +2568,7 @@ mod tests {
             hub.subscribe(Some(0))
                 .replay
                 .iter()
-                .filter(|e| &*e.kind == "point")
+                .filter(|e| e.kind == "point")
                 .map(|e| serde_json::from_str(e.data()).unwrap())
                 .collect()
         };

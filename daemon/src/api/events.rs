@@ -34,7 +34,7 @@ pub struct Event {
     /// Id (SSE `id:`).
     pub id: u64,
     /// Kind (SSE `event:`): `alarm`, `warning`, `point`, `limits`, `audit`, `drill`.
-    pub kind: Box<str>,
+    pub kind: &'static str,
     /// The event as sent on the wire (`id:`, `event:`, `data:` lines), formatted once at
     /// publication and shared by every client.
     pub wire: axum::body::Bytes,
@@ -45,18 +45,24 @@ pub struct Event {
 impl Event {
     /// Build the event and its wire form (`data` is JSON: it never holds a raw newline,
     /// so one `data:` line carries it).
-    fn new(id: u64, kind: &str, data: &str) -> Self {
+    fn new(id: u64, kind: &'static str, data: &str) -> Self {
         use std::fmt::Write as _;
-        let mut wire = String::with_capacity(32 + kind.len() + data.len());
+        // The exact length, so that the buffer is not grown (doubled) on the last push
+        // and `Bytes` takes it over without a copy: `id: ` + digits + `\nevent: ` + kind
+        // + `\ndata: ` + data + `\n\n`.
+        let digits = id.checked_ilog10().unwrap_or(0) as usize + 1;
+        let len = 4 + digits + 8 + kind.len() + 7 + data.len() + 2;
+        let mut wire = String::with_capacity(len);
         // Writing into a String cannot fail.
         let _ = write!(wire, "id: {id}\nevent: {kind}\ndata: ");
         let start = wire.len();
         wire.push_str(data);
         let end = wire.len();
         wire.push_str("\n\n");
+        debug_assert_eq!(wire.len(), len);
         Self {
             id,
-            kind: kind.into(),
+            kind,
             wire: wire.into_bytes().into(),
             data_at: start..end,
         }
@@ -81,7 +87,8 @@ const FLUSH_SLICE: usize = 256;
 pub struct HubSettings {
     /// Events kept for resumption. Default 10,000.
     pub ring: usize,
-    /// Broadcast capacity per client. Default 4,096.
+    /// Events a client may fall behind before it is reset (the broadcast capacity, one
+    /// buffer shared by all clients). Default 4,096; [`HubSettings::for_points`] sizes it.
     pub capacity: usize,
     /// Minimum interval between two updates of one point. Default 1 s.
     pub point_interval: Duration,
@@ -191,7 +198,7 @@ impl EventHub {
         }
     }
 
-    fn push(&self, g: &mut Inner, kind: &str, data: String) -> u64 {
+    fn push(&self, g: &mut Inner, kind: &'static str, data: String) -> u64 {
         let id = g.next_id;
         g.next_id += 1;
         let ev = Arc::new(Event::new(id, kind, &data));
@@ -205,7 +212,7 @@ impl EventHub {
     }
 
     /// Publish an event now; returns its id.
-    pub fn publish(&self, kind: &str, data: &impl Serialize) -> u64 {
+    pub fn publish(&self, kind: &'static str, data: &impl Serialize) -> u64 {
         let text = serde_json::to_string(data)
             .unwrap_or_else(|e| format!("{{\"error\":\"unserialisable event: {e}\"}}"));
         match self.inner.lock() {
@@ -506,6 +513,20 @@ mod tests {
             pass(HubSettings::default()).is_err(),
             "the fixed default lags at this size"
         );
+    }
+
+    /// The wire text is sized exactly (a debug assertion checks it in `Event::new`), for
+    /// ids of every length.
+    #[test]
+    fn wire_text_of_every_id_length() {
+        for id in [0, 1, 9, 10, 99, 1_764_236_400_000, u64::MAX] {
+            let e = Event::new(id, "point", r#"{"v":1}"#);
+            assert_eq!(
+                std::str::from_utf8(&e.wire).expect("utf-8"),
+                format!("id: {id}\nevent: point\ndata: {{\"v\":1}}\n\n")
+            );
+            assert_eq!(e.data(), r#"{"v":1}"#);
+        }
     }
 
     #[test]
