@@ -7,8 +7,12 @@ use parkguard_drivers::influx::InfluxConfig;
 use parkguard_rules::engine::EngineConfig;
 use serde::de::DeserializeOwned;
 use serde_spanned::Spanned;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::ops::Range;
 use std::path::Path;
+use std::rc::Rc;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 /// One config error with its position (1-based line and column, column in characters).
@@ -85,18 +89,124 @@ impl<'a> Source<'a> {
     }
 }
 
-/// A deserialized array element together with its spanned source, so that validation
-/// errors can point at the offending key.
+/// A deserialized array element with where each of its keys is in the file, so that
+/// validation errors can point at the offending key. The element's parse tree is not
+/// kept: its spans are flattened into [`Spans`] as it is deserialized, so a 10,000-point
+/// config's tree (~2 kB per point) is never whole in memory (issue #11).
 pub(super) struct Item<'i, T> {
     pub value: T,
-    pub node: Spanned<DeValue<'i>>,
+    spans: Spans,
+    paths: Rc<Paths>,
+    _text: PhantomData<&'i str>,
 }
 
 impl<T> Item<'_, T> {
-    /// Span of the value at dotted `path` inside this item (the item itself for "").
-    /// Falls back to the deepest existing ancestor.
+    /// Span of the value at dotted `path` inside this item (its first key for "").
+    /// Falls back to the deepest existing ancestor, as [`span_of`] does on a tree.
     pub fn span_of(&self, path: &str) -> Range<usize> {
-        span_of(&self.node, path)
+        let whole = self.spans.whole.0 as usize..self.spans.whole.1 as usize;
+        if path.is_empty() {
+            return self
+                .spans
+                .first_key
+                .map(|(a, b)| a as usize..b as usize)
+                .unwrap_or(whole);
+        }
+        let mut p = path;
+        loop {
+            let hit = self.paths.get(p).and_then(|id| {
+                self.spans
+                    .entries
+                    .iter()
+                    .find(|e| e.0 == id)
+                    .map(|e| e.1 as usize..e.2 as usize)
+            });
+            if let Some(span) = hit {
+                return span;
+            }
+            match p.rfind('.') {
+                Some(i) => p = &p[..i],
+                None => return whole,
+            }
+        }
+    }
+}
+
+/// The dotted key paths of array elements, interned once per load (every `[[point]]` has
+/// the same dozen or so).
+#[derive(Default)]
+pub(super) struct Paths(RefCell<HashMap<Box<str>, u32>>);
+
+impl Paths {
+    fn id(&self, path: &str) -> u32 {
+        let mut m = self.0.borrow_mut();
+        if let Some(&id) = m.get(path) {
+            return id;
+        }
+        let id = u32::try_from(m.len()).unwrap_or(u32::MAX);
+        m.insert(path.into(), id);
+        id
+    }
+
+    fn get(&self, path: &str) -> Option<u32> {
+        self.0.borrow().get(path).copied()
+    }
+}
+
+/// One element's spans: its own, its first key's, and every nested value's by path id
+/// (byte offsets; a config file is far below 4 GiB).
+struct Spans {
+    whole: (u32, u32),
+    first_key: Option<(u32, u32)>,
+    entries: Box<[(u32, u32, u32)]>,
+}
+
+impl Spans {
+    fn of(node: &Spanned<DeValue<'_>>, paths: &Paths) -> Self {
+        fn at(r: Range<usize>) -> (u32, u32) {
+            (
+                u32::try_from(r.start).unwrap_or(u32::MAX),
+                u32::try_from(r.end).unwrap_or(u32::MAX),
+            )
+        }
+        fn walk(
+            node: &Spanned<DeValue<'_>>,
+            prefix: &mut String,
+            paths: &Paths,
+            out: &mut Vec<(u32, u32, u32)>,
+        ) {
+            let mut visit = |part: &str, v: &Spanned<DeValue<'_>>, prefix: &mut String| {
+                let len = prefix.len();
+                if len > 0 {
+                    prefix.push('.');
+                }
+                prefix.push_str(part);
+                let (a, b) = at(v.span());
+                out.push((paths.id(prefix), a, b));
+                walk(v, prefix, paths, out);
+                prefix.truncate(len);
+            };
+            match node.get_ref() {
+                DeValue::Table(t) => {
+                    for (k, v) in t.iter() {
+                        visit(k.get_ref(), v, prefix);
+                    }
+                }
+                DeValue::Array(arr) => {
+                    for (i, v) in arr.iter().enumerate() {
+                        visit(&i.to_string(), v, prefix);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut entries = Vec::new();
+        walk(node, &mut String::new(), paths, &mut entries);
+        Self {
+            whole: at(node.span()),
+            first_key: first_key_span(node).map(at),
+            entries: entries.into_boxed_slice(),
+        }
     }
 }
 
@@ -152,6 +262,7 @@ fn de_array<'i, T: DeserializeOwned>(
     src: &Source<'_>,
     key: &str,
     node: Spanned<DeValue<'i>>,
+    paths: &Rc<Paths>,
     errors: &mut Vec<ConfigError>,
 ) -> Vec<Item<'i, T>> {
     let span = node.span();
@@ -165,10 +276,65 @@ fn de_array<'i, T: DeserializeOwned>(
     let mut items = Vec::with_capacity(arr.len());
     for el in arr {
         if let Some(value) = de::<T>(src, &el, errors) {
-            items.push(Item { value, node: el });
+            items.push(Item {
+                value,
+                spans: Spans::of(&el, paths),
+                paths: Rc::clone(paths),
+                _text: PhantomData,
+            });
         }
     }
     items
+}
+
+/// The sections that are arrays of tables. They are deserialized piece by piece (see
+/// [`parse_pieces`]) and never merged into one tree.
+const ARRAYS: &[&str] = &[
+    "enterprise",
+    "modbus_device",
+    "mqtt_broker",
+    "mqtt_subscription",
+    "point",
+    "vote_group",
+    "channel",
+    "route",
+    "escalation",
+];
+
+/// Deserialize the array section `key` of one piece into `raw`, after what earlier pieces
+/// gave (file order is kept).
+fn take_array<'i>(
+    src: &Source<'_>,
+    raw: &mut Raw<'i>,
+    paths: &Rc<Paths>,
+    key: &str,
+    node: Spanned<DeValue<'i>>,
+    errors: &mut Vec<ConfigError>,
+) {
+    match key {
+        "enterprise" => raw
+            .enterprises
+            .extend(de_array(src, key, node, paths, errors)),
+        "modbus_device" => raw
+            .modbus_devices
+            .extend(de_array(src, key, node, paths, errors)),
+        "mqtt_broker" => raw
+            .mqtt_brokers
+            .extend(de_array(src, key, node, paths, errors)),
+        "mqtt_subscription" => raw
+            .mqtt_subscriptions
+            .extend(de_array(src, key, node, paths, errors)),
+        "point" => raw.points.extend(de_array(src, key, node, paths, errors)),
+        "vote_group" => raw
+            .vote_groups
+            .extend(de_array(src, key, node, paths, errors)),
+        "channel" => raw.channels.extend(de_array(src, key, node, paths, errors)),
+        "route" => raw.routes.extend(de_array(src, key, node, paths, errors)),
+        "escalation" => raw
+            .escalations
+            .extend(de_array(src, key, node, paths, errors)),
+        _ => {}
+    }
 }
 
 const SECTIONS: &[&str] = &[
@@ -201,23 +367,18 @@ const PIECE_BYTES: usize = 256 * 1024;
 
 /// Parse `src.text` as one TOML document, in pieces of about `piece` bytes cut before
 /// top-level `[[name]]` headers (never inside a string, a multi-line array or inline
-/// table, nor before a `[[a.b]]` header that belongs to the previous element), then merge
-/// the pieces' root tables: arrays of tables are appended, tables merged key by key, and
-/// a key defined in two pieces is reported as a duplicate, as in one document.
-/// Spans are offsets into the whole text, as if it had been parsed at once.
-fn parse_in_pieces<'i>(src: &Source<'i>, piece: usize) -> (Spanned<DeTable<'i>>, Vec<ConfigError>) {
+/// table, nor before a `[[a.b]]` header that belongs to the previous element), handing
+/// each piece's root table to `each` in file order. Spans are offsets into the whole text,
+/// as if it had been parsed at once. Returns the syntax errors; a piece with any is not
+/// handed on.
+fn parse_pieces<'i>(
+    src: &Source<'i>,
+    piece: usize,
+    mut each: impl FnMut(DeTable<'i>),
+) -> Vec<ConfigError> {
     let text = src.text;
     let cuts = piece_starts(text, piece);
-    if cuts.len() <= 1 {
-        let (root, syntax) = DeTable::parse_recoverable(text);
-        let errors = syntax
-            .iter()
-            .map(|e| src.error(e.span(), e.message().to_string()))
-            .collect();
-        return (root, errors);
-    }
     let mut errors = Vec::new();
-    let mut root = DeTable::new();
     for (i, &start) in cuts.iter().enumerate() {
         let end = cuts.get(i + 1).copied().unwrap_or(text.len());
         let (part, syntax) = DeTable::parse_recoverable(&text[start..end]);
@@ -226,15 +387,29 @@ fn parse_in_pieces<'i>(src: &Source<'i>, piece: usize) -> (Spanned<DeTable<'i>>,
             errors.push(src.error(span, e.message().to_string()));
         }
         if syntax.is_empty() {
-            merge_tables(
-                &mut root,
-                shift_table(part.into_inner(), start),
-                src,
-                &mut errors,
-            );
+            let part = part.into_inner();
+            each(if start == 0 {
+                part
+            } else {
+                shift_table(part, start)
+            });
         }
     }
-    (Spanned::new(0..text.len(), root), errors)
+    errors
+}
+
+/// [`parse_pieces`], merging the pieces' root tables into one: arrays of tables are
+/// appended, tables merged key by key, and a key defined in two pieces is reported as a
+/// duplicate, as in one document.
+#[cfg(test)]
+fn parse_in_pieces<'i>(src: &Source<'i>, piece: usize) -> (Spanned<DeTable<'i>>, Vec<ConfigError>) {
+    let mut root = DeTable::new();
+    let mut merged = Vec::new();
+    let mut errors = parse_pieces(src, piece, |part| {
+        merge_tables(&mut root, part, src, &mut merged)
+    });
+    errors.extend(merged);
+    (Spanned::new(0..src.text.len(), root), errors)
 }
 
 /// Byte offsets where the pieces of `text` start (the first is 0): the start of the first
@@ -347,15 +522,36 @@ fn merge_tables<'i>(
 
 /// Load and validate config text; `name` is used in error messages.
 pub fn load_str(name: &str, text: &str) -> Result<ParkConfig, Vec<ConfigError>> {
+    load_in_pieces(name, text, PIECE_BYTES)
+}
+
+/// [`load_str`] with pieces of about `piece` bytes.
+fn load_in_pieces(name: &str, text: &str, piece: usize) -> Result<ParkConfig, Vec<ConfigError>> {
     let src = Source::new(name, text);
-    let (root, syntax) = parse_in_pieces(&src, PIECE_BYTES);
+    // Array sections are deserialized piece by piece as they are parsed (their trees
+    // freed at once); the other sections are merged into one small tree.
+    let paths = Rc::new(Paths::default());
+    let mut raw = Raw::default();
+    let mut errors = Vec::new();
+    let mut root = DeTable::new();
+    let mut merged = Vec::new();
+    let mut syntax = parse_pieces(&src, piece, |part| {
+        let mut rest = DeTable::new();
+        for (key, node) in part {
+            if ARRAYS.contains(&key.get_ref().as_ref()) {
+                take_array(&src, &mut raw, &paths, key.get_ref(), node, &mut errors);
+            } else {
+                rest.insert(key, node);
+            }
+        }
+        merge_tables(&mut root, rest, &src, &mut merged);
+    });
+    syntax.extend(merged);
     if !syntax.is_empty() {
+        syntax.sort_by_key(|e| (e.line, e.col));
         return Err(syntax);
     }
-    let mut errors = Vec::new();
-    let root_span = root.span();
-    let root = root.into_inner();
-    let mut raw = Raw::default();
+    let root_span = 0..text.len();
     for (key, node) in root {
         let k: &str = key.get_ref();
         match k {
@@ -367,15 +563,6 @@ pub fn load_str(name: &str, text: &str) -> Result<ParkConfig, Vec<ConfigError>> 
                 raw.influx = de::<InfluxConfig>(&src, &node, &mut errors).map(|v| (v, node))
             }
             "spool" => raw.spool = de::<SpoolConfig>(&src, &node, &mut errors).map(|v| (v, node)),
-            "enterprise" => raw.enterprises = de_array(&src, k, node, &mut errors),
-            "modbus_device" => raw.modbus_devices = de_array(&src, k, node, &mut errors),
-            "mqtt_broker" => raw.mqtt_brokers = de_array(&src, k, node, &mut errors),
-            "mqtt_subscription" => raw.mqtt_subscriptions = de_array(&src, k, node, &mut errors),
-            "point" => raw.points = de_array(&src, k, node, &mut errors),
-            "vote_group" => raw.vote_groups = de_array(&src, k, node, &mut errors),
-            "channel" => raw.channels = de_array(&src, k, node, &mut errors),
-            "route" => raw.routes = de_array(&src, k, node, &mut errors),
-            "escalation" => raw.escalations = de_array(&src, k, node, &mut errors),
             "outbox" => {
                 raw.outbox = de::<crate::linkage::outbox::OutboxConfig>(&src, &node, &mut errors)
                     .map(|v| (v, node))
@@ -475,6 +662,41 @@ mod tests {
         assert!(n2 > 30, "cut into {n2} pieces");
         assert_eq!(e2, vec![]);
         assert_eq!(cut, whole);
+    }
+
+    /// Validation errors in array elements of later pieces (whose trees are gone by then)
+    /// point where they point when the file is parsed at once.
+    #[test]
+    fn errors_in_later_pieces_point_at_the_same_place() {
+        let planted = include_str!("../../tests/data/five_mistakes.toml");
+        let at = planted.find("[[point]]").expect("points");
+        let mut text = planted[..at].to_string();
+        for i in 0..400 {
+            text.push_str(&format!(
+                "[[point]]\ntag = \"F-{i}\"\nname = \"f\"\nenterprise = \"E1\"\nkind = \"pressure\"\n\
+                 unit = \"MPa\"\nrange = [0, 2.5]\nlimits = {{ h = 2.0 }}\n\n"
+            ));
+        }
+        text.push_str(&planted[at..]);
+        let errors = |piece| match load_in_pieces("f.toml", &text, piece) {
+            Ok(_) => panic!("the planted mistakes must be found"),
+            Err(e) => e
+                .iter()
+                .map(|e| format!("{}:{}: {}", e.line, e.col, e.message))
+                .collect::<Vec<_>>(),
+        };
+        let whole = errors(usize::MAX);
+        let cut = errors(512);
+        assert!(piece_starts(&text, 512).len() > 50);
+        assert_eq!(cut, whole);
+        assert_eq!(whole.len(), 6, "{whole:?}");
+        let colour = text[..text.find("colour").expect("colour")].lines().count() + 1;
+        assert!(
+            whole
+                .iter()
+                .any(|e| e.starts_with(&format!("{colour}:1: unknown field `colour`"))),
+            "{whole:?}"
+        );
     }
 
     #[test]
