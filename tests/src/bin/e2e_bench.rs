@@ -1344,8 +1344,10 @@ async fn modbus(a: &Args, bin: &Path) -> Result<()> {
         ))
     };
     let s0 = sample().await?;
+    let cpu_times0 = cpu_times();
     tokio::time::sleep(Duration::from_secs(a.seconds)).await;
     let s1 = sample().await?;
+    let cpu_times1 = cpu_times();
     let secs = s1.0.duration_since(s0.0).as_secs_f64();
     let cpu = s1.1 - s0.1;
     let polls = s1.3 - s0.3;
@@ -1370,6 +1372,16 @@ async fn modbus(a: &Args, bin: &Path) -> Result<()> {
         daemon.mem_mib("VmRSS")?,
         daemon.mem_mib("VmHWM")?
     );
+    if let (Some(c0), Some(c1)) = (cpu_times0, cpu_times1) {
+        let total = c1.total().saturating_sub(c0.total()).max(1) as f64;
+        println!(
+            "machine over the window (/proc/stat, {} CPUs): {:.1} % busy, {:.1} % stolen by the hypervisor, {:.1} % idle",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            100.0 * c1.busy().saturating_sub(c0.busy()) as f64 / total,
+            100.0 * c1.steal.saturating_sub(c0.steal) as f64 / total,
+            100.0 * c1.idle.saturating_sub(c0.idle) as f64 / total,
+        );
+    }
     match console {
         Some(task) => {
             task.abort();
