@@ -576,6 +576,46 @@ impl Probes {
     }
 }
 
+/// Follow the daemon's SSE stream (reconnecting when it ends), handing each complete
+/// event to `each` with the time its chunk arrived; `ready` is set once connected.
+async fn follow_sse(
+    api: &str,
+    token: &str,
+    ready: Option<&AtomicBool>,
+    mut each: impl FnMut(&str, Instant),
+) {
+    loop {
+        let r = reqwest::Client::new()
+            .get(format!("{api}/api/v1/events"))
+            .bearer_auth(token)
+            .send()
+            .await;
+        let mut resp = match r.and_then(|r| r.error_for_status()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("SSE connect failed: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        if let Some(ready) = ready {
+            ready.store(true, Ordering::SeqCst);
+        }
+        let mut buf = String::new();
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            let now = Instant::now();
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            let mut at = 0;
+            while let Some(end) = buf[at..].find("\n\n") {
+                each(&buf[at..at + end + 2], now);
+                at += end + 2;
+            }
+            buf.drain(..at);
+        }
+        eprintln!("SSE stream ended; reconnecting");
+    }
+}
+
 /// Read the daemon's SSE stream and match `alarm` events to pending probes.
 async fn sse_reader(
     api: String,
@@ -583,85 +623,43 @@ async fn sse_reader(
     probes: Arc<Mutex<Probes>>,
     ready: Arc<AtomicBool>,
 ) {
-    loop {
-        let r = reqwest::Client::new()
-            .get(format!("{api}/api/v1/events"))
-            .bearer_auth(&token)
-            .send()
-            .await;
-        let mut resp = match r.and_then(|r| r.error_for_status()) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("SSE connect failed: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        ready.store(true, Ordering::SeqCst);
-        let mut buf = String::new();
-        while let Ok(Some(chunk)) = resp.chunk().await {
-            let now = Instant::now();
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buf.find("\n\n") {
-                let ev: String = buf.drain(..end + 2).collect();
-                if !ev.lines().any(|l| l == "event: alarm") {
-                    continue;
-                }
-                let Some(data) = ev.lines().find_map(|l| l.strip_prefix("data: ")) else {
-                    continue;
-                };
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
-                    continue;
-                };
-                let Some(point) = v["point"].as_str() else {
-                    continue;
-                };
-                probes
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .arrived(point, Via::Sse, now);
-            }
+    follow_sse(&api, &token, Some(&ready), |ev, now| {
+        if !ev.lines().any(|l| l == "event: alarm") {
+            return;
         }
-        eprintln!("SSE stream ended; reconnecting");
-    }
+        let Some(data) = ev.lines().find_map(|l| l.strip_prefix("data: ")) else {
+            return;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+            return;
+        };
+        let Some(point) = v["point"].as_str() else {
+            return;
+        };
+        probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .arrived(point, Via::Sse, now);
+    })
+    .await
 }
 
-/// A console's live stream: read the daemon's SSE stream and count `point` events.
+/// A console's live stream: count the `point` and `reset` events of the daemon's SSE
+/// stream.
 async fn console_reader(
     api: String,
     token: String,
     points: Arc<AtomicU64>,
     resets: Arc<AtomicU64>,
 ) {
-    loop {
-        let r = reqwest::Client::new()
-            .get(format!("{api}/api/v1/events"))
-            .bearer_auth(&token)
-            .send()
-            .await;
-        let mut resp = match r.and_then(|r| r.error_for_status()) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("SSE connect failed: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        let mut tail = Vec::new();
-        while let Ok(Some(chunk)) = resp.chunk().await {
-            tail.extend_from_slice(&chunk);
-            let text = String::from_utf8_lossy(&tail);
-            let Some(end) = text.rfind("\n\n") else {
-                continue;
-            };
-            let n = text[..end].matches("event: point\n").count();
-            points.fetch_add(n as u64, Ordering::SeqCst);
-            let r = text[..end].matches("event: reset\n").count();
-            resets.fetch_add(r as u64, Ordering::SeqCst);
-            tail.drain(..end + 2);
+    follow_sse(&api, &token, None, |ev, _| {
+        if ev.lines().any(|l| l == "event: point") {
+            points.fetch_add(1, Ordering::SeqCst);
+        } else if ev.lines().any(|l| l == "event: reset") {
+            resets.fetch_add(1, Ordering::SeqCst);
         }
-        eprintln!("SSE stream ended; reconnecting");
-    }
+    })
+    .await
 }
 
 /// Subscribe to the linkage channel's alarm topic of the probe enterprise and match each
@@ -1135,16 +1133,7 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
         pct(&echo, 0.99),
         pct(&echo, 1.0)
     );
-    if let (Some(c0), Some(c1)) = (cpu_times0, cpu_times()) {
-        let total = c1.total().saturating_sub(c0.total()).max(1) as f64;
-        println!(
-            "machine over the run (/proc/stat, {} CPUs): {:.1} % busy, {:.1} % stolen by the hypervisor, {:.1} % idle",
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            100.0 * c1.busy().saturating_sub(c0.busy()) as f64 / total,
-            100.0 * c1.steal.saturating_sub(c0.steal) as f64 / total,
-            100.0 * c1.idle.saturating_sub(c0.idle) as f64 / total,
-        );
-    }
+    print_machine("the run", cpu_times0, cpu_times());
     println!(
         "spool after the run: {} readings not yet delivered to the database (parkguard_spool_pending_readings), {} dropped unsent; {:.1} MiB on disk (kept for `spool.retention`)",
         daemon
@@ -1182,6 +1171,20 @@ impl CpuTimes {
     }
     fn total(&self) -> u64 {
         self.busy() + self.idle + self.iowait + self.steal
+    }
+}
+
+/// The machine's busy, stolen and idle share of its CPU time between two samples.
+fn print_machine(over: &str, c0: Option<CpuTimes>, c1: Option<CpuTimes>) {
+    if let (Some(c0), Some(c1)) = (c0, c1) {
+        let total = c1.total().saturating_sub(c0.total()).max(1) as f64;
+        println!(
+            "machine over {over} (/proc/stat, {} CPUs): {:.1} % busy, {:.1} % stolen by the hypervisor, {:.1} % idle",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            100.0 * c1.busy().saturating_sub(c0.busy()) as f64 / total,
+            100.0 * c1.steal.saturating_sub(c0.steal) as f64 / total,
+            100.0 * c1.idle.saturating_sub(c0.idle) as f64 / total,
+        );
     }
 }
 
@@ -1372,16 +1375,7 @@ async fn modbus(a: &Args, bin: &Path) -> Result<()> {
         daemon.mem_mib("VmRSS")?,
         daemon.mem_mib("VmHWM")?
     );
-    if let (Some(c0), Some(c1)) = (cpu_times0, cpu_times1) {
-        let total = c1.total().saturating_sub(c0.total()).max(1) as f64;
-        println!(
-            "machine over the window (/proc/stat, {} CPUs): {:.1} % busy, {:.1} % stolen by the hypervisor, {:.1} % idle",
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            100.0 * c1.busy().saturating_sub(c0.busy()) as f64 / total,
-            100.0 * c1.steal.saturating_sub(c0.steal) as f64 / total,
-            100.0 * c1.idle.saturating_sub(c0.idle) as f64 / total,
-        );
-    }
+    print_machine("the window", cpu_times0, cpu_times1);
     match console {
         Some(task) => {
             task.abort();
