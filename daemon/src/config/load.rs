@@ -287,22 +287,10 @@ fn de_array<'i, T: DeserializeOwned>(
     items
 }
 
-/// The sections that are arrays of tables. They are deserialized piece by piece (see
-/// [`parse_pieces`]) and never merged into one tree.
-const ARRAYS: &[&str] = &[
-    "enterprise",
-    "modbus_device",
-    "mqtt_broker",
-    "mqtt_subscription",
-    "point",
-    "vote_group",
-    "channel",
-    "route",
-    "escalation",
-];
-
-/// Deserialize the array section `key` of one piece into `raw`, after what earlier pieces
-/// gave (file order is kept).
+/// Deserialize `node` into `raw` when `key` is a section that is an array of tables, after
+/// what earlier pieces gave (file order is kept); these are deserialized piece by piece
+/// (see [`parse_pieces`]) and never merged into one tree. Any other section's node is
+/// given back.
 fn take_array<'i>(
     src: &Source<'_>,
     raw: &mut Raw<'i>,
@@ -310,31 +298,27 @@ fn take_array<'i>(
     key: &str,
     node: Spanned<DeValue<'i>>,
     errors: &mut Vec<ConfigError>,
-) {
+) -> Option<Spanned<DeValue<'i>>> {
+    let n = node;
     match key {
-        "enterprise" => raw
-            .enterprises
-            .extend(de_array(src, key, node, paths, errors)),
+        "enterprise" => raw.enterprises.extend(de_array(src, key, n, paths, errors)),
         "modbus_device" => raw
             .modbus_devices
-            .extend(de_array(src, key, node, paths, errors)),
+            .extend(de_array(src, key, n, paths, errors)),
         "mqtt_broker" => raw
             .mqtt_brokers
-            .extend(de_array(src, key, node, paths, errors)),
+            .extend(de_array(src, key, n, paths, errors)),
         "mqtt_subscription" => raw
             .mqtt_subscriptions
-            .extend(de_array(src, key, node, paths, errors)),
-        "point" => raw.points.extend(de_array(src, key, node, paths, errors)),
-        "vote_group" => raw
-            .vote_groups
-            .extend(de_array(src, key, node, paths, errors)),
-        "channel" => raw.channels.extend(de_array(src, key, node, paths, errors)),
-        "route" => raw.routes.extend(de_array(src, key, node, paths, errors)),
-        "escalation" => raw
-            .escalations
-            .extend(de_array(src, key, node, paths, errors)),
-        _ => {}
+            .extend(de_array(src, key, n, paths, errors)),
+        "point" => raw.points.extend(de_array(src, key, n, paths, errors)),
+        "vote_group" => raw.vote_groups.extend(de_array(src, key, n, paths, errors)),
+        "channel" => raw.channels.extend(de_array(src, key, n, paths, errors)),
+        "route" => raw.routes.extend(de_array(src, key, n, paths, errors)),
+        "escalation" => raw.escalations.extend(de_array(src, key, n, paths, errors)),
+        _ => return Some(n),
     }
+    None
 }
 
 const SECTIONS: &[&str] = &[
@@ -538,9 +522,8 @@ fn load_in_pieces(name: &str, text: &str, piece: usize) -> Result<ParkConfig, Ve
     let mut syntax = parse_pieces(&src, piece, |part| {
         let mut rest = DeTable::new();
         for (key, node) in part {
-            if ARRAYS.contains(&key.get_ref().as_ref()) {
-                take_array(&src, &mut raw, &paths, key.get_ref(), node, &mut errors);
-            } else {
+            if let Some(node) = take_array(&src, &mut raw, &paths, key.get_ref(), node, &mut errors)
+            {
                 rest.insert(key, node);
             }
         }
