@@ -227,6 +227,7 @@ pub fn spawn(
         journal,
         events: ev_tx,
         snapshot: snap_tx,
+        spare: None,
         out: Vec::with_capacity(1024),
         clock: cfg.clock,
     };
@@ -292,11 +293,28 @@ struct Task {
     journal: Option<mpsc::Sender<Vec<Event>>>,
     events: broadcast::Sender<Arc<Event>>,
     snapshot: watch::Sender<Arc<Snapshot>>,
+    /// The snapshot replaced last, when nobody else held it any more: the next one is
+    /// written into it ([`Engine::snapshot_into`]) instead of allocated.
+    spare: Option<Snapshot>,
     out: Vec<Event>,
     clock: fn() -> Timestamp,
 }
 
 impl Task {
+    /// Publish the engine's state now as the latest snapshot.
+    fn publish_snapshot(&mut self) {
+        let snap = match self.spare.take() {
+            Some(mut s) => {
+                self.engine.snapshot_into(&mut s);
+                s
+            }
+            None => self.engine.snapshot(),
+        };
+        let old = self.snapshot.send_replace(Arc::new(snap));
+        // Still held (an API request, the console pump): it goes when they drop it.
+        self.spare = Arc::try_unwrap(old).ok();
+    }
+
     async fn run(
         mut self,
         mut readings: mpsc::Receiver<Vec<Reading>>,
@@ -323,7 +341,7 @@ impl Task {
                     let now = (self.clock)();
                     self.engine.on_tick(now, &mut self.out);
                     self.publish().await;
-                    self.snapshot.send_replace(Arc::new(self.engine.snapshot()));
+                    self.publish_snapshot();
                 }
                 batch = readings.recv() => {
                     let Some(batch) = batch else { break };
@@ -332,7 +350,7 @@ impl Task {
                 }
             }
         }
-        self.snapshot.send_replace(Arc::new(self.engine.snapshot()));
+        self.publish_snapshot();
         let stats = self.engine.stats();
         info!(
             readings = stats.readings,
@@ -352,7 +370,7 @@ impl Task {
                     debug!(error = %e, "command refused");
                 }
                 self.publish().await;
-                self.snapshot.send_replace(Arc::new(self.engine.snapshot()));
+                self.publish_snapshot();
                 let _ = reply.send(res);
             }
             EngineRequest::ReplaceLimits {
@@ -364,7 +382,7 @@ impl Task {
                 if res.is_ok() {
                     info!(point = point.0, "limits replaced");
                 }
-                self.snapshot.send_replace(Arc::new(self.engine.snapshot()));
+                self.publish_snapshot();
                 let _ = reply.send(res);
             }
             EngineRequest::ReplaceLimitsBatch {
@@ -385,7 +403,7 @@ impl Task {
                 };
                 if res.is_ok() {
                     info!(points = changes.len(), "limits replaced in one step");
-                    self.snapshot.send_replace(Arc::new(self.engine.snapshot()));
+                    self.publish_snapshot();
                 }
                 let _ = reply.send(res);
             }

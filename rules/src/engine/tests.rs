@@ -162,3 +162,78 @@ fn limits_batch_is_all_or_nothing() {
         .count();
     assert_eq!(returned, 2, "{out:?}");
 }
+
+/// A snapshot refreshed in place ([`Engine::snapshot_into`]) is the snapshot a fresh call
+/// gives, through readings, bad quality, staleness and alarms; one of another table is
+/// rebuilt, not patched.
+#[test]
+fn a_snapshot_refreshed_in_place_equals_a_fresh_one() {
+    use crate::Gas;
+    let point = |i: u32, interval: u64| Point {
+        id: PointId(i),
+        tag: format!("GT-{i}"),
+        name: "methane".into(),
+        enterprise: "E1".into(),
+        device: None,
+        hazard_installation: None,
+        area: None,
+        kind: PointKind::Combustible,
+        gas: Some(Gas::Ch4),
+        unit: Unit::PercentLel,
+        range_lo: 0.0,
+        range_hi: 100.0,
+        limits: AlarmLimits {
+            h: Some(25.0),
+            hh: Some(50.0),
+            deadband: 2.0,
+            ..Default::default()
+        },
+        expected_interval: Duration::from_secs(interval),
+        location: None,
+    };
+    let table = |n: u32| {
+        Arc::new(
+            PointTable::new((0..n).map(|i| point(i, 10 + u64::from(i))).collect())
+                .expect("valid table"),
+        )
+    };
+    let reading = |i: u32, v: f64, q: Quality, s: i64| Reading {
+        point: PointId(i),
+        value: v,
+        unit: Unit::PercentLel,
+        quality: q,
+        source_time: Timestamp(s * 1_000_000_000),
+        receive_time: Timestamp(s * 1_000_000_000),
+    };
+    let mut e = Engine::new(table(4), EngineConfig::default(), Vec::new());
+    let mut out = Vec::new();
+    let mut kept = e.snapshot();
+    let steps: [&[Reading]; 3] = [
+        &[
+            reading(0, 30.0, Quality::Good, 1),
+            reading(1, 5.0, Quality::Good, 1),
+        ],
+        &[
+            reading(1, 7.0, Quality::Fault, 2),
+            reading(2, 60.0, Quality::Good, 2),
+        ],
+        &[reading(0, 3.0, Quality::Good, 3)],
+    ];
+    for (k, rs) in steps.iter().enumerate() {
+        e.on_readings(rs, &mut out);
+        e.snapshot_into(&mut kept);
+        assert_eq!(kept, e.snapshot(), "after step {k}");
+    }
+    // Long past every point's expected interval: stale.
+    e.on_tick(Timestamp(100_000_000_000), &mut out);
+    e.snapshot_into(&mut kept);
+    let fresh = e.snapshot();
+    assert_eq!(kept, fresh);
+    assert_eq!(fresh.points[1].quality, Some(Quality::Stale));
+    assert!(!fresh.alarms.is_empty());
+    // A snapshot of another engine's (smaller) table is rebuilt.
+    let mut other = Engine::new(table(2), EngineConfig::default(), Vec::new()).snapshot();
+    e.snapshot_into(&mut other);
+    assert_eq!(other, e.snapshot());
+    assert_eq!(other.points.len(), 4);
+}
