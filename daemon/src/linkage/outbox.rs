@@ -443,7 +443,7 @@ async fn with_db<T: Send + 'static>(
 }
 
 fn heads(conn: &Connection, channel: &str) -> Result<Vec<GroupHead>, OutboxError> {
-    let mut st = conn.prepare(
+    let mut st = conn.prepare_cached(
         "SELECT o.group_key, o.seq, o.next_attempt, o.batch IS NOT NULL
          FROM outbox o
          JOIN (SELECT group_key, MIN(seq) AS s FROM outbox
@@ -501,13 +501,14 @@ fn take_batch(
 ) -> Result<(u64, Vec<BatchRow>), OutboxError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let head: Option<(i64, i64, Option<i64>)> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT seq, event_id, batch FROM outbox
              WHERE channel = ?1 AND group_key = ?2 AND status = 'pending'
              ORDER BY seq LIMIT 1",
-            params![channel, key],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+        )?
+        .query_row(params![channel, key], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .optional()?;
     let Some((_, head_event, head_batch)) = head else {
         return Ok((0, Vec::new()));
@@ -515,18 +516,18 @@ fn take_batch(
     let batch = match head_batch {
         Some(b) => b,
         None => {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE outbox SET batch = ?3 WHERE seq IN (
                     SELECT seq FROM outbox
                     WHERE channel = ?1 AND group_key = ?2 AND status = 'pending' AND batch IS NULL
                     ORDER BY seq LIMIT ?4)",
-                params![channel, key, head_event, max_batch.max(1) as i64],
-            )?;
+            )?
+            .execute(params![channel, key, head_event, max_batch.max(1) as i64])?;
             head_event
         }
     };
     let rows = {
-        let mut st = tx.prepare(
+        let mut st = tx.prepare_cached(
             "SELECT seq, payload FROM outbox
              WHERE channel = ?1 AND batch = ?2 AND status = 'pending' ORDER BY seq",
         )?;
@@ -558,7 +559,7 @@ fn mark(
 ) -> Result<(), OutboxError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
-        let mut st = tx.prepare(
+        let mut st = tx.prepare_cached(
             "UPDATE outbox SET status = ?2, attempts = attempts + 1, next_attempt = ?3,
                  last_error = COALESCE(?4, last_error),
                  delivered_at = CASE WHEN ?2 = 'delivered' THEN ?5 ELSE delivered_at END,
@@ -691,12 +692,11 @@ fn early_check(
         })?
         .collect::<Result<Vec<_>, _>>()?;
     let taken: bool = conn
-        .query_row(
+        .prepare_cached(
             "SELECT status != 'pending' OR batch IS NOT NULL FROM outbox
              WHERE channel = ?1 AND event_id = ?2",
-            params![channel, event_id as i64],
-            |r| r.get(0),
-        )
+        )?
+        .query_row(params![channel, event_id as i64], |r| r.get(0))
         .optional()?
         .unwrap_or(false);
     Ok((others, taken))
