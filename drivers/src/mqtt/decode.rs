@@ -8,6 +8,7 @@ use super::config::{FieldPath, PathPart, PayloadFormat, Subscription, TagSource,
 use super::sparkplug::SparkplugState;
 use parkguard_rules::{PointTable, Quality, Reading, Timestamp, Unit};
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// A reading as found in a payload, before it is mapped onto a point.
 #[derive(Clone, Debug, PartialEq)]
@@ -109,17 +110,29 @@ pub fn decode_stateless(
     receive_time: Timestamp,
 ) -> Decoded {
     let mut out = Decoded::default();
+    decode_stateless_into(sub, topic, payload, receive_time, &mut out);
+    out
+}
+
+/// [`decode_stateless`], appending to `out` (a subscriber reuses one `Decoded` for every
+/// message instead of allocating its vectors per message).
+pub fn decode_stateless_into(
+    sub: &Subscription,
+    topic: &str,
+    payload: &[u8],
+    receive_time: Timestamp,
+    out: &mut Decoded,
+) {
     match sub.format {
         PayloadFormat::Number => match decode_number(sub, topic, payload, receive_time) {
             Ok(r) => out.readings.push(r),
             Err(e) => out.errors.push(e),
         },
-        PayloadFormat::Json => decode_json(sub, topic, payload, receive_time, &mut out),
+        PayloadFormat::Json => decode_json(sub, topic, payload, receive_time, out),
         PayloadFormat::SparkplugB => out.errors.push(DecodeError::Sparkplug(
             "sparkplug payload given to the stateless decoder".into(),
         )),
     }
-    out
 }
 
 /// Decode one payload of any format; Sparkplug aliases live in `spb`.
@@ -130,20 +143,48 @@ pub fn decode(
     payload: &[u8],
     receive_time: Timestamp,
 ) -> Decoded {
+    let mut out = Decoded::default();
+    decode_into(sub, spb, topic, payload, receive_time, &mut out);
+    out
+}
+
+/// [`decode`], appending to `out`.
+pub fn decode_into(
+    sub: &Subscription,
+    spb: &mut SparkplugState,
+    topic: &str,
+    payload: &[u8],
+    receive_time: Timestamp,
+    out: &mut Decoded,
+) {
     if sub.format == PayloadFormat::SparkplugB {
-        spb.decode(&sub.tag_prefix, topic, payload, receive_time)
+        let d = spb.decode(&sub.tag_prefix, topic, payload, receive_time);
+        out.readings.extend(d.readings);
+        out.errors.extend(d.errors);
     } else {
-        decode_stateless(sub, topic, payload, receive_time)
+        decode_stateless_into(sub, topic, payload, receive_time, out);
     }
 }
 
-fn topic_tag(sub: &Subscription, topic: &str) -> Result<Option<String>, DecodeError> {
+/// The tag the topic (or the subscription) gives, prefixed; borrowed when there is no
+/// prefix (no allocation per message on the common path).
+fn topic_tag<'a>(
+    sub: &'a Subscription,
+    topic: &'a str,
+) -> Result<Option<Cow<'a, str>>, DecodeError> {
+    let tag = |s: &'a str| {
+        if sub.tag_prefix.is_empty() {
+            Cow::Borrowed(s)
+        } else {
+            Cow::Owned(prefixed(&sub.tag_prefix, s))
+        }
+    };
     match &sub.tag {
         TagSource::Segment(i) => match topic.split('/').nth(*i) {
-            Some(s) if !s.is_empty() => Ok(Some(prefixed(&sub.tag_prefix, s))),
+            Some(s) if !s.is_empty() => Ok(Some(tag(s))),
             _ => Err(DecodeError::NoTagInTopic(topic.to_string())),
         },
-        TagSource::Fixed(t) => Ok(Some(prefixed(&sub.tag_prefix, t))),
+        TagSource::Fixed(t) => Ok(Some(tag(t))),
         TagSource::Field(_) | TagSource::MetricName => Ok(None),
     }
 }
@@ -154,7 +195,9 @@ fn decode_number(
     payload: &[u8],
     receive_time: Timestamp,
 ) -> Result<RawReading, DecodeError> {
-    let tag = topic_tag(sub, topic)?.ok_or(DecodeError::Missing("tag"))?;
+    let tag = topic_tag(sub, topic)?
+        .ok_or(DecodeError::Missing("tag"))?
+        .into_owned();
     let text = std::str::from_utf8(payload)
         .map_err(|_| DecodeError::NotNumber(String::from_utf8_lossy(payload).into_owned()))?
         .trim();

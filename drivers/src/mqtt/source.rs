@@ -48,7 +48,7 @@ use super::MqttError;
 use super::client::{mqtt_options, mqtt_options_v5};
 use super::config::{MqttBroker, MqttProtocol, Subscription, topic_matches};
 use super::conn::{Connection, Incoming, V4, V5};
-use super::decode::{decode, resolve};
+use super::decode::{Decoded, decode_into, resolve};
 use super::sparkplug::SparkplugState;
 use super::stats::MqttStats;
 use crate::backoff::Backoff;
@@ -232,6 +232,7 @@ pub fn spawn_subscriber_with<H: Handover>(
         stats,
         batch: Vec::with_capacity(BATCH_CAPACITY),
         to_ack: Vec::new(),
+        decoded: Decoded::default(),
         pending: std::collections::VecDeque::new(),
         unflushed: 0,
         last_handover: std::time::Instant::now(),
@@ -276,6 +277,8 @@ struct Subscriber<H> {
     newest: Vec<i64>,
     batch: Vec<Reading>,
     to_ack: Vec<u16>,
+    /// The decoder's output buffer, reused message after message.
+    decoded: Decoded,
     /// Handed-over batches whose acknowledgements wait for durability. Bounded by the
     /// broker's in-flight limit (it sends no more unacknowledged QoS 1 messages).
     pending: std::collections::VecDeque<PendingAck>,
@@ -550,12 +553,17 @@ impl<H: Handover> Subscriber<H> {
             return;
         };
         let receive_time = self.clock.get();
-        let decoded = decode(
+        // One `Decoded` reused for every message (its vectors keep their capacity).
+        let mut decoded = std::mem::take(&mut self.decoded);
+        decoded.readings.clear();
+        decoded.errors.clear();
+        decode_into(
             &self.subscriptions[i],
             &mut self.spb[i],
             topic,
             payload,
             receive_time,
+            &mut decoded,
         );
         for e in &decoded.errors {
             self.stats
@@ -591,6 +599,7 @@ impl<H: Handover> Subscriber<H> {
                 }
             }
         }
+        self.decoded = decoded;
     }
 
     /// Ask Sparkplug edge nodes whose aliases are unknown (parkguard started after their
@@ -825,6 +834,7 @@ mod tests {
             stats: Arc::new(MqttStats::default()),
             batch: Vec::new(),
             to_ack: Vec::new(),
+            decoded: Decoded::default(),
             pending: VecDeque::new(),
             unflushed: 0,
             last_handover: std::time::Instant::now(),
