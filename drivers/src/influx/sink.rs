@@ -161,7 +161,8 @@ impl InfluxWriter {
         let mut batch = LineBatch::new();
         let mut src_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10), 7);
         loop {
-            batch.clear();
+            // The buffers follow the rounds: a catch-up's size is not kept for good.
+            batch.clear_and_trim(batch.bytes(), batch.len());
             let mut first_at: Option<Instant> = None;
             // Gather.
             loop {
