@@ -78,10 +78,9 @@ fn roc_window_tracks_the_minimum() {
     assert_eq!(r.update(9.0, 91 * S), 1.0);
 }
 
-#[test]
-fn limits_batch_is_all_or_nothing() {
-    use crate::Gas;
-    let point = |i: u32| Point {
+/// A methane point in %LEL with level-1/2 limits 25 / 50 and the given expected interval.
+fn methane(i: u32, expected_interval_s: u64) -> Point {
+    Point {
         id: PointId(i),
         tag: format!("GT-{i}"),
         name: "methane".into(),
@@ -90,7 +89,7 @@ fn limits_batch_is_all_or_nothing() {
         hazard_installation: None,
         area: None,
         kind: PointKind::Combustible,
-        gas: Some(Gas::Ch4),
+        gas: Some(crate::Gas::Ch4),
         unit: Unit::PercentLel,
         range_lo: 0.0,
         range_hi: 100.0,
@@ -100,9 +99,26 @@ fn limits_batch_is_all_or_nothing() {
             deadband: 2.0,
             ..Default::default()
         },
-        expected_interval: Duration::from_secs(3600),
+        expected_interval: Duration::from_secs(expected_interval_s),
         location: None,
-    };
+    }
+}
+
+/// A reading of a [`methane`] point at `s` seconds.
+fn lel(i: u32, v: f64, quality: Quality, s: i64) -> Reading {
+    Reading {
+        point: PointId(i),
+        value: v,
+        unit: Unit::PercentLel,
+        quality,
+        source_time: Timestamp(s * 1_000_000_000),
+        receive_time: Timestamp(s * 1_000_000_000),
+    }
+}
+
+#[test]
+fn limits_batch_is_all_or_nothing() {
+    let point = |i: u32| methane(i, 3600);
     let table = Arc::new(PointTable::new(vec![point(0), point(1)]).expect("valid table"));
     let mut e = Engine::new(table, EngineConfig::default(), Vec::new());
     let at = |h: f64| AlarmLimits {
@@ -126,14 +142,7 @@ fn limits_batch_is_all_or_nothing() {
         .expect_err("refused");
     assert_eq!(twice[0].field, "points.GT-0");
     assert!(e.check_limits(PointId(1), &at(40.0)).is_ok());
-    let reading = |i: u32, v: f64, s: i64| Reading {
-        point: PointId(i),
-        value: v,
-        unit: Unit::PercentLel,
-        quality: Quality::Good,
-        source_time: Timestamp(s * 1_000_000_000),
-        receive_time: Timestamp(s * 1_000_000_000),
-    };
+    let reading = |i: u32, v: f64, s: i64| lel(i, v, Quality::Good, s);
     let raised = |out: &[Event]| -> Vec<String> {
         let mut v: Vec<String> = out
             .iter()
@@ -168,43 +177,13 @@ fn limits_batch_is_all_or_nothing() {
 /// rebuilt, not patched.
 #[test]
 fn a_snapshot_refreshed_in_place_equals_a_fresh_one() {
-    use crate::Gas;
-    let point = |i: u32, interval: u64| Point {
-        id: PointId(i),
-        tag: format!("GT-{i}"),
-        name: "methane".into(),
-        enterprise: "E1".into(),
-        device: None,
-        hazard_installation: None,
-        area: None,
-        kind: PointKind::Combustible,
-        gas: Some(Gas::Ch4),
-        unit: Unit::PercentLel,
-        range_lo: 0.0,
-        range_hi: 100.0,
-        limits: AlarmLimits {
-            h: Some(25.0),
-            hh: Some(50.0),
-            deadband: 2.0,
-            ..Default::default()
-        },
-        expected_interval: Duration::from_secs(interval),
-        location: None,
-    };
     let table = |n: u32| {
         Arc::new(
-            PointTable::new((0..n).map(|i| point(i, 10 + u64::from(i))).collect())
+            PointTable::new((0..n).map(|i| methane(i, 10 + u64::from(i))).collect())
                 .expect("valid table"),
         )
     };
-    let reading = |i: u32, v: f64, q: Quality, s: i64| Reading {
-        point: PointId(i),
-        value: v,
-        unit: Unit::PercentLel,
-        quality: q,
-        source_time: Timestamp(s * 1_000_000_000),
-        receive_time: Timestamp(s * 1_000_000_000),
-    };
+    let reading = lel;
     let mut e = Engine::new(table(4), EngineConfig::default(), Vec::new());
     let mut out = Vec::new();
     let mut kept = e.snapshot();
