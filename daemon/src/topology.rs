@@ -274,7 +274,12 @@ pub async fn start_with(
     // Recorder: sources → engine, then → spool (alarm latency never waits on the disk).
     let (readings_tx, readings_rx) = mpsc::channel::<Vec<Reading>>(READINGS_CAPACITY);
     let (spool_tx, spool_rx) = mpsc::channel::<SpoolWork>(SPOOL_QUEUE);
-    threads.push(spawn_spool_writer(spool, Arc::clone(&cfg.table), spool_rx)?);
+    threads.push(spawn_spool_writer(
+        spool,
+        Arc::clone(&cfg.table),
+        spool_rx,
+        cfg.spool.group_commit,
+    )?);
     // MQTT subscribers do the recorder's two steps themselves (`MqttHandover`): one thread
     // hop less between a message and its alarm.
     let mqtt_handover = MqttHandover {
@@ -435,13 +440,11 @@ pub fn record_of(ev: &Event) -> JournalRecord {
 /// MQTT messages.
 const GROUP_READINGS: usize = 65_536;
 
-/// Longest a spool append waits for more when no MQTT acknowledgement hangs on what it
-/// gathered (Modbus polls, simulators): a scan cycle's polls (100 devices at 10 Hz answer
-/// within a few milliseconds of each other) then share one write and one fsync instead of
-/// one each per ~1.5 ms fsync — each fsync of this virtual disk costs ~0.16 ms of CPU.
-/// The engine has these readings already (alarms never wait for the disk); they reach the
-/// disk at most this much later. Work with an acknowledgement waiting ends the wait at once.
-const GROUP_WINDOW: Duration = Duration::from_millis(20);
+/// QoS 1 messages held back from acknowledgement that end a group commit's wait at once
+/// (`[spool].group_commit_ms`): half of mosquitto's default in-flight window (20), so a
+/// broker at its default never stops sending for the window while parkguard gathers, and
+/// under load an append comes every 10 messages or sooner.
+const GROUP_ACKS: usize = 10;
 
 /// Most readings the recorder merges into one hand-over from the batches already waiting
 /// (a scan cycle's polls arrive together: one engine wake-up and one spool queue entry for
@@ -459,6 +462,8 @@ const SPOOL_QUEUE: usize = 64;
 struct SpoolWork {
     readings: Vec<Reading>,
     done: Option<oneshot::Sender<()>>,
+    /// QoS 1 messages acknowledged by `done`.
+    acks: usize,
 }
 
 /// The recorder: forwards every batch of the sources without a completion signal (Modbus)
@@ -493,6 +498,7 @@ fn spawn_recorder(
                             .send(SpoolWork {
                                 readings: copy,
                                 done: None,
+                                acks: 0,
                             })
                             .await;
                         break;
@@ -501,6 +507,7 @@ fn spawn_recorder(
                         .send(SpoolWork {
                             readings: copy,
                             done: None,
+                            acks: 0,
                         })
                         .await
                         .is_err()
@@ -530,6 +537,7 @@ impl Handover for MqttHandover {
     async fn hand_over(
         &self,
         readings: Vec<Reading>,
+        acks: usize,
     ) -> Result<Option<oneshot::Receiver<()>>, HandoverClosed> {
         let (done, rx) = oneshot::channel();
         let copy = readings.clone();
@@ -541,6 +549,7 @@ impl Handover for MqttHandover {
             .send(SpoolWork {
                 readings: copy,
                 done: Some(done),
+                acks,
             })
             .await
             .map_err(|_| HandoverClosed)?;
@@ -563,6 +572,7 @@ fn spawn_spool_writer(
     mut spool: Spool,
     table: Arc<PointTable>,
     mut rx: mpsc::Receiver<SpoolWork>,
+    window: Duration,
 ) -> Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("spool-writer".into())
@@ -581,7 +591,7 @@ fn spawn_spool_writer(
             let mut last_expire = std::time::Instant::now();
             let mut failures: u64 = 0;
             let mut group = Group::default();
-            while rt.block_on(gather(&mut rx, &mut group, GROUP_WINDOW)) {
+            while rt.block_on(gather(&mut rx, &mut group, window)) {
                 match spool.append(&group.readings, &table) {
                     Ok(()) => {
                         if failures > 0 {
@@ -602,6 +612,7 @@ fn spawn_spool_writer(
                     }
                 }
                 group.readings.clear();
+                group.acks = 0;
                 if last_expire.elapsed() > Duration::from_secs(60) {
                     last_expire = std::time::Instant::now();
                     let n = spool.expire(std::time::SystemTime::now());
@@ -638,21 +649,30 @@ fn merge_waiting(
 struct Group {
     readings: Vec<Reading>,
     done: Vec<oneshot::Sender<()>>,
+    /// QoS 1 messages that `done` acknowledges.
+    acks: usize,
 }
 
 impl Group {
     fn take(&mut self, w: SpoolWork) {
         self.readings.extend_from_slice(&w.readings);
         self.done.extend(w.done);
+        self.acks += w.acks;
+    }
+
+    /// Whether gathering goes on: room for readings, and fewer QoS 1 messages held back
+    /// than [`GROUP_ACKS`].
+    fn open(&self) -> bool {
+        self.readings.len() < GROUP_READINGS && self.acks < GROUP_ACKS
     }
 }
 
 /// Gather the next spool append into `group` (empty on entry): wait for a first batch,
-/// take every batch already waiting, and — when none of them has an acknowledgement
-/// waiting on it — keep taking batches until `window` after the first one, so a scan
-/// cycle's polls share one write and one fsync. A batch with an acknowledgement waiting
-/// (MQTT QoS 1) ends the gathering at once, and so does reaching [`GROUP_READINGS`].
-/// Returns false when the queue is closed and empty.
+/// take every batch already waiting, then keep taking batches until `window` after the
+/// first one (group commit, `[spool].group_commit_ms`), so that a scan cycle's polls, or
+/// the MQTT messages of a few milliseconds, share one write and one fsync. Holding
+/// [`GROUP_ACKS`] QoS 1 messages back from acknowledgement, or [`GROUP_READINGS`]
+/// readings, ends the wait at once. Returns false when the queue is closed and empty.
 async fn gather(rx: &mut mpsc::Receiver<SpoolWork>, group: &mut Group, window: Duration) -> bool {
     let Some(first) = rx.recv().await else {
         return false;
@@ -665,7 +685,7 @@ async fn gather(rx: &mut mpsc::Receiver<SpoolWork>, group: &mut Group, window: D
             Err(_) => break,
         }
     }
-    while group.done.is_empty() && group.readings.len() < GROUP_READINGS {
+    while group.open() {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(w)) => group.take(w),
             // Closed (shutting down) or the window is over: write what we have.
@@ -774,6 +794,7 @@ mod tests {
                 let w = SpoolWork {
                     readings: batch(first, 2),
                     done: None,
+                    acks: 0,
                 };
                 tx.send(w).await.expect("send");
             }
@@ -794,55 +815,81 @@ mod tests {
         assert!(!gather(&mut rx, &mut g, window).await);
     }
 
-    /// An MQTT QoS 1 batch waits for no window: it is appended (and acknowledged) with
-    /// whatever is already gathered, as soon as it arrives.
+    /// MQTT QoS 1 batches are gathered for the window too, but once [`GROUP_ACKS`]
+    /// messages are held back from acknowledgement the append comes at once; a window of
+    /// 0 (`group_commit_ms = 0`) appends what is waiting without waiting for more.
     #[tokio::test(start_paused = true)]
-    async fn an_acknowledgement_waiting_ends_the_window_at_once() {
+    async fn ten_acknowledgements_waiting_end_the_window_at_once() {
         let (tx, mut rx) = mpsc::channel(64);
         let window = Duration::from_millis(20);
         let t0 = Instant::now();
-        let (done, acked) = oneshot::channel();
+        let mut acked = Vec::new();
+        let mut work = Vec::new();
+        for (at_ms, first, acks) in [(0, 0, 0), (4, 10, 3), (5, 20, GROUP_ACKS - 4), (8, 30, 2)] {
+            let done = if acks > 0 {
+                let (done, rx) = oneshot::channel();
+                acked.push(rx);
+                Some(done)
+            } else {
+                None
+            };
+            let w = SpoolWork {
+                readings: batch(first, 1),
+                done,
+                acks,
+            };
+            work.push((at_ms, w));
+        }
         tokio::spawn(async move {
-            let poll = SpoolWork {
-                readings: batch(0, 2),
-                done: None,
-            };
-            tx.send(poll).await.expect("send");
-            tokio::time::sleep(Duration::from_millis(4)).await;
-            let mqtt = SpoolWork {
-                readings: batch(10, 1),
-                done: Some(done),
-            };
-            tx.send(mqtt).await.expect("send");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            let poll = SpoolWork {
-                readings: batch(20, 1),
-                done: None,
-            };
-            tx.send(poll).await.expect("send");
+            for (at_ms, w) in work {
+                tokio::time::sleep_until(t0 + Duration::from_millis(at_ms)).await;
+                tx.send(w).await.expect("send");
+            }
         });
         let mut g = Group::default();
         assert!(gather(&mut rx, &mut g, window).await);
-        assert_eq!(ids(&g.readings), [0, 1, 10]);
-        assert_eq!(Instant::now() - t0, Duration::from_millis(4));
-        assert_eq!(g.done.len(), 1);
+        // 3 + 6 messages held at 5 ms: still gathering; 11 at 8 ms: append.
+        assert_eq!(ids(&g.readings), [0, 10, 20, 30]);
+        assert_eq!(Instant::now() - t0, Duration::from_millis(8));
+        assert_eq!((g.done.len(), g.acks), (3, GROUP_ACKS + 1));
         for d in g.done.drain(..) {
             d.send(()).expect("the subscriber waits");
         }
-        acked.await.expect("acknowledged");
-        // A QoS 1 batch first in the queue is not held either.
+        for a in acked {
+            a.await.expect("acknowledged");
+        }
+
+        // Fewer messages wait the whole window.
         g.readings.clear();
+        g.acks = 0;
         let (tx2, mut rx2) = mpsc::channel(4);
         let (done2, _acked2) = oneshot::channel();
         tx2.send(SpoolWork {
-            readings: batch(30, 1),
+            readings: batch(40, 1),
             done: Some(done2),
+            acks: 1,
         })
         .await
         .expect("send");
         let t1 = Instant::now();
         assert!(gather(&mut rx2, &mut g, window).await);
-        assert_eq!(ids(&g.readings), [30]);
-        assert_eq!(Instant::now(), t1);
+        assert_eq!(ids(&g.readings), [40]);
+        assert_eq!(Instant::now() - t1, window);
+
+        // No window: at once.
+        g.readings.clear();
+        g.acks = 0;
+        g.done.clear();
+        tx2.send(SpoolWork {
+            readings: batch(50, 1),
+            done: None,
+            acks: 0,
+        })
+        .await
+        .expect("send");
+        let t2 = Instant::now();
+        assert!(gather(&mut rx2, &mut g, Duration::ZERO).await);
+        assert_eq!(ids(&g.readings), [50]);
+        assert_eq!(Instant::now(), t2);
     }
 }

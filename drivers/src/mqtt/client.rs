@@ -102,14 +102,31 @@ pub fn mqtt_options(broker: &MqttBroker, client_id: &str) -> Result<MqttOptions,
     Ok(o)
 }
 
-/// rumqttc MQTT 5 options for `broker` with this client id. Reads the password and the TLS
-/// files. A persistent session is `clean_start = false` with a session expiry above 0
-/// (MQTT 5 §3.1.2.11.2: with 0 the session ends when the network connection closes).
+/// The MQTT 3.1.1 client's socket options: `TCP_NODELAY` (rumqttc leaves Nagle's algorithm
+/// on). parkguard's packets are small and each one matters now: an alarm PUBLISH or a
+/// batch of PUBACKs must not wait for the broker's TCP acknowledgement of the previous
+/// segment (up to the broker's delayed-ACK timer, ~40 ms on Linux).
+pub fn event_loop(opts: MqttOptions, cap: usize) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, cap);
+    let mut net = el.network_options();
+    net.set_tcp_nodelay(true);
+    el.set_network_options(net);
+    (client, el)
+}
+
+/// rumqttc MQTT 5 options for `broker` with this client id (`TCP_NODELAY` on, see
+/// [`event_loop`]). Reads the password and the TLS files. A persistent session is
+/// `clean_start = false` with a session expiry above 0 (MQTT 5 §3.1.2.11.2: with 0 the
+/// session ends when the network connection closes).
 pub fn mqtt_options_v5(
     broker: &MqttBroker,
     client_id: &str,
 ) -> Result<rumqttc::v5::MqttOptions, MqttError> {
     let mut o = rumqttc::v5::MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    // TCP_NODELAY, as for MQTT 3.1.1 ([`event_loop`]).
+    let mut net = o.network_options();
+    net.set_tcp_nodelay(true);
+    o.set_network_options(net);
     o.set_keep_alive(broker.keep_alive);
     o.set_clean_start(broker.clean_session);
     o.set_session_expiry_interval((!broker.clean_session).then_some(broker.session_expiry_s));

@@ -174,7 +174,7 @@ impl MqttPublisher {
                 let mut opts = mqtt_options(broker, &client_id)?;
                 opts.set_clean_session(true);
                 opts.set_inflight(100);
-                let (client, el) = rumqttc::AsyncClient::new(opts, 256);
+                let (client, el) = super::client::event_loop(opts, 256);
                 let task = run(el, pending.clone(), rejected.clone(), backoff, shutdown);
                 tokio::spawn(task.instrument(span));
                 Client::V4(client)

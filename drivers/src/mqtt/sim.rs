@@ -9,7 +9,7 @@ use super::client::mqtt_options;
 use super::config::{MqttBroker, MqttSubscriptionConfig, PayloadFormat, TimeFormat};
 use crate::backoff::Backoff;
 use parkguard_rules::{Point, PointKind, Unit};
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::QoS;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
@@ -141,7 +141,7 @@ pub async fn run_simulator(
     mo.set_clean_session(true);
     // Back-pressure: 1024 queued publishes; `publish().await` waits when full, which slows
     // the simulator to what the broker takes.
-    let (client, mut el) = AsyncClient::new(mo, 1024);
+    let (client, mut el) = super::client::event_loop(mo, 1024);
     let stop = shutdown.clone();
     let (initial, max) = (broker.reconnect_initial, broker.reconnect_max);
     tokio::spawn(

@@ -137,11 +137,14 @@ pub struct HandoverClosed;
 
 /// Where the subscriber hands its readings, and when their messages may be acknowledged.
 pub trait Handover: Send + 'static {
-    /// Hand `batch` over. `Ok(None)`: acknowledge now; `Ok(Some(rx))`: acknowledge when
-    /// `rx` resolves with `Ok`, never if it fails.
+    /// Hand `batch` over; `acks` QoS 1 messages wait for its acknowledgement (so a
+    /// receiver that groups batches into one fsync knows how many messages it holds back
+    /// from the broker's in-flight window). `Ok(None)`: acknowledge now; `Ok(Some(rx))`:
+    /// acknowledge when `rx` resolves with `Ok`, never if it fails.
     fn hand_over(
         &self,
         batch: Vec<Reading>,
+        acks: usize,
     ) -> impl Future<Output = Result<Option<oneshot::Receiver<()>>, HandoverClosed>> + Send;
 }
 
@@ -149,6 +152,7 @@ impl Handover for mpsc::Sender<Vec<Reading>> {
     async fn hand_over(
         &self,
         batch: Vec<Reading>,
+        _acks: usize,
     ) -> Result<Option<oneshot::Receiver<()>>, HandoverClosed> {
         self.send(batch).await.map_err(|_| HandoverClosed)?;
         Ok(None)
@@ -159,6 +163,7 @@ impl Handover for mpsc::Sender<DurableBatch> {
     async fn hand_over(
         &self,
         readings: Vec<Reading>,
+        _acks: usize,
     ) -> Result<Option<oneshot::Receiver<()>>, HandoverClosed> {
         let (done, rx) = oneshot::channel();
         self.send(DurableBatch { readings, done })
@@ -247,7 +252,7 @@ pub fn spawn_subscriber_with<H: Handover>(
             // Requests are only subscribes, Sparkplug rebirth requests and the final
             // disconnect: acks bypass the channel. Full → a rebirth request is skipped and
             // logged (retried on the next unknown alias after REBIRTH_INTERVAL).
-            let (client, el) = rumqttc::AsyncClient::new(opts, 16);
+            let (client, el) = super::client::event_loop(opts, 16);
             let conn = V4 { client, el };
             tokio::spawn(async move { sub.run(conn, shutdown).await }.instrument(span))
         }
@@ -644,7 +649,7 @@ impl<H: Handover> Subscriber<H> {
             let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_CAPACITY));
             let sent = tokio::select! {
                 biased;
-                r = self.tx.hand_over(batch) => r,
+                r = self.tx.hand_over(batch, self.to_ack.len()) => r,
                 // Shutting down: the unacknowledged messages will be delivered again.
                 _ = shutdown.cancelled() => return Flow::Stop,
             };

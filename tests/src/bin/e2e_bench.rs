@@ -85,11 +85,19 @@ struct Args {
     /// `modbus` only: keep a console's SSE stream open during the run (`--console`), as
     /// when an operator watches; the point events it receives are counted.
     console: bool,
+    /// `[spool].group_commit_ms` of the daemon (`--group-commit-ms`); unset: its default.
+    group_commit_ms: Option<u64>,
+    /// mosquitto's `set_tcp_nodelay` (`--broker-nodelay yes|no`, default yes, as the
+    /// README asks of the park's broker): with Nagle's algorithm on, mosquitto holds a
+    /// small PUBLISH for a subscriber until that subscriber's TCP acknowledgement of the
+    /// previous one.
+    broker_nodelay: bool,
 }
 
 const USAGE: &str = "usage: e2e-bench burst|steady|modbus|soak [--points N] [--readings N] [--rate R] \
 [--seconds S] [--qos 0|1] [--probe-ms MS] [--devices D] [--registers R] [--hz H] [--warmup S] \
-[--outage S] [--broker-restart yes|no] [--batch N] [--daemon PATH] [--keep] [--console]";
+[--outage S] [--broker-restart yes|no] [--batch N] [--daemon PATH] [--keep] [--console] \
+[--group-commit-ms MS] [--broker-nodelay yes|no]";
 
 fn args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
@@ -126,6 +134,8 @@ fn args() -> Result<Args> {
         broker_restart,
         batch: 1,
         console: false,
+        group_commit_ms: None,
+        broker_nodelay: true,
     };
     while let Some(k) = it.next() {
         let mut v = || it.next().with_context(|| format!("{k} needs a value"));
@@ -146,6 +156,8 @@ fn args() -> Result<Args> {
             "--console" => a.console = true,
             "--broker-restart" => a.broker_restart = v()? != "no",
             "--batch" => a.batch = v()?.parse()?,
+            "--group-commit-ms" => a.group_commit_ms = Some(v()?.parse()?),
+            "--broker-nodelay" => a.broker_nodelay = v()? != "no",
             other => bail!("unknown option {other}\n{USAGE}"),
         }
     }
@@ -322,7 +334,11 @@ fn tail(log: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // Generated park
 
-fn header(influx: &str) -> String {
+fn header(a: &Args, influx: &str) -> String {
+    let spool = match a.group_commit_ms {
+        Some(ms) => format!("\n[spool]\ngroup_commit_ms = {ms}\n"),
+        None => String::new(),
+    };
     format!(
         r#"[park]
 id = "{PARK}"
@@ -348,12 +364,12 @@ name = "一号企业"
 [[enterprise]]
 code = "{PROBE_ENTERPRISE}"
 name = "探针企业"
-"#
+{spool}"#
     )
 }
 
 fn mqtt_config(a: &Args, mqtt_port: u16, influx: &str) -> String {
-    let mut c = header(influx);
+    let mut c = header(a, influx);
     let _ = write!(
         c,
         r#"
@@ -925,7 +941,10 @@ fn load_thread(
 // MQTT scenarios: burst, steady, soak
 
 async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
-    let broker = mosquitto::start()?;
+    let broker = mosquitto::start_with(&mosquitto::MosquittoOptions {
+        extra: format!("set_tcp_nodelay {}\n", a.broker_nodelay),
+        ..Default::default()
+    })?;
     let vm_dir = tempfile::tempdir()?;
     let vm_data = vm_dir.path().join("vm");
     let vm_port = free_port()?;
@@ -1245,7 +1264,7 @@ fn serve_modbus(devices: u8, registers: u16) -> Result<()> {
 }
 
 fn modbus_config(a: &Args, sim: std::net::SocketAddr, influx: &str) -> String {
-    let mut c = header(influx);
+    let mut c = header(a, influx);
     let interval_ms = (1000.0 / a.hz).round() as u64;
     for unit in 1..=a.devices {
         let _ = write!(
