@@ -92,12 +92,15 @@ struct Args {
     /// small PUBLISH for a subscriber until that subscriber's TCP acknowledgement of the
     /// previous one.
     broker_nodelay: bool,
+    /// mosquitto's `max_inflight_messages` (`--broker-inflight N`; default 0, no limit):
+    /// 20 is mosquitto's own default.
+    broker_inflight: u32,
 }
 
 const USAGE: &str = "usage: e2e-bench burst|steady|modbus|soak [--points N] [--readings N] [--rate R] \
 [--seconds S] [--qos 0|1] [--probe-ms MS] [--devices D] [--registers R] [--hz H] [--warmup S] \
 [--outage S] [--broker-restart yes|no] [--batch N] [--daemon PATH] [--keep] [--console] \
-[--group-commit-ms MS] [--broker-nodelay yes|no]";
+[--group-commit-ms MS] [--broker-nodelay yes|no] [--broker-inflight N]";
 
 fn args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
@@ -136,6 +139,7 @@ fn args() -> Result<Args> {
         console: false,
         group_commit_ms: None,
         broker_nodelay: true,
+        broker_inflight: 0,
     };
     while let Some(k) = it.next() {
         let mut v = || it.next().with_context(|| format!("{k} needs a value"));
@@ -158,6 +162,7 @@ fn args() -> Result<Args> {
             "--batch" => a.batch = v()?.parse()?,
             "--group-commit-ms" => a.group_commit_ms = Some(v()?.parse()?),
             "--broker-nodelay" => a.broker_nodelay = v()? != "no",
+            "--broker-inflight" => a.broker_inflight = v()?.parse()?,
             other => bail!("unknown option {other}\n{USAGE}"),
         }
     }
@@ -942,7 +947,11 @@ fn load_thread(
 
 async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
     let broker = mosquitto::start_with(&mosquitto::MosquittoOptions {
-        extra: format!("set_tcp_nodelay {}\n", a.broker_nodelay),
+        // Later lines win over the harness's `max_inflight_messages 0`.
+        extra: format!(
+            "set_tcp_nodelay {}\nmax_inflight_messages {}\n",
+            a.broker_nodelay, a.broker_inflight
+        ),
         ..Default::default()
     })?;
     let vm_dir = tempfile::tempdir()?;
