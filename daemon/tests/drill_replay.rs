@@ -227,6 +227,26 @@ async fn replay_of_a_recorded_hour_at_60x_gives_the_live_alarm_events() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // The archive is what the replay reads: wait until the spool writer has appended every
+    // reading (it group-commits for up to `[spool].group_commit_ms` after the engine has
+    // them, so the journal can be complete before the last second is in the spool; the
+    // replay then found 3,598 s instead of 3,599).
+    let end = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = running
+            .spool
+            .readings_appended
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if n >= fed {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "spool has {n} of {fed} readings"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Replay the archive (the spool the recorder wrote) at 60× as a drill, through the
     // same journal.
     let drills = Drills::new(DrillParts {
