@@ -240,7 +240,7 @@ pub fn spawn_subscriber_with<H: Handover>(
         decoded: Decoded::default(),
         pending: std::collections::VecDeque::new(),
         unflushed: 0,
-        last_handover: std::time::Instant::now(),
+        last_handover: tokio::time::Instant::now(),
         rebirths: Default::default(),
         clock: ReceiveClock::default(),
         urgent: false,
@@ -291,7 +291,7 @@ struct Subscriber<H> {
     unflushed: usize,
     /// When the last batch was handed over (a lone message after a quiet spell does not
     /// linger).
-    last_handover: std::time::Instant,
+    last_handover: tokio::time::Instant,
     /// When each Sparkplug edge node was last asked to rebirth.
     rebirths: std::collections::HashMap<String, std::time::Instant>,
     /// Receive time of the messages being mapped.
@@ -509,7 +509,13 @@ impl<H: Handover> Subscriber<H> {
                 if let Flow::Stop = self.flush(&mut el, &shutdown).await {
                     break;
                 }
-            } else if !lingering {
+            } else if !lingering && drained {
+                // Only once the packets already read are used up. A burst that came in one
+                // socket read after a quiet spell (a gateway's scan every 10 ms) is then
+                // handed over as one batch the moment it is read; before, its first message
+                // started a linger, so every burst waited 1–2 ms and a timer wake-up for
+                // company that never came (test
+                // `a_burst_read_at_once_after_a_quiet_spell_is_handed_over_at_once`).
                 linger.as_mut().reset(tokio::time::Instant::now() + LINGER);
                 lingering = true;
             }
@@ -642,7 +648,7 @@ impl<H: Handover> Subscriber<H> {
     async fn flush<C: Connection>(&mut self, el: &mut C, shutdown: &CancellationToken) -> Flow {
         self.unflushed = 0;
         self.urgent = false;
-        self.last_handover = std::time::Instant::now();
+        self.last_handover = tokio::time::Instant::now();
         let mut done = None;
         if !self.batch.is_empty() {
             let n = self.batch.len() as u64;
@@ -776,7 +782,10 @@ mod tests {
             })
         }
         fn has_buffered(&self) -> bool {
-            false
+            // What already arrived is in the read buffer, like the rest of a TCP segment.
+            self.arrivals
+                .front()
+                .is_some_and(|&at| at <= Instant::now())
         }
         fn subscribe(&self, _: &[Subscription]) -> Result<(), String> {
             Ok(())
@@ -803,6 +812,20 @@ mod tests {
         gap: Duration,
         limits: AlarmLimits,
     ) -> (usize, Vec<Duration>) {
+        let t0 = Instant::now() + Duration::from_millis(1);
+        let arrivals: Vec<Instant> = (0..n).map(|i| t0 + gap * i as u32).collect();
+        let (waits, delays, _) = run_arrivals(arrivals, limits).await;
+        (waits, delays)
+    }
+
+    /// Runs a subscriber over messages arriving at `arrivals` (virtual time; equal times
+    /// come in one socket read); returns the polls that waited, each message's delay from
+    /// arrival to hand-over, and the number of hand-overs.
+    async fn run_arrivals(
+        arrivals: Vec<Instant>,
+        limits: AlarmLimits,
+    ) -> (usize, Vec<Duration>, usize) {
+        let n = arrivals.len();
         let broker: MqttBrokerConfig =
             serde_json::from_str(r#"{"id":"b","host":"127.0.0.1"}"#).expect("broker");
         let sub: MqttSubscriptionConfig =
@@ -842,13 +865,11 @@ mod tests {
             decoded: Decoded::default(),
             pending: VecDeque::new(),
             unflushed: 0,
-            last_handover: std::time::Instant::now(),
+            last_handover: tokio::time::Instant::now(),
             rebirths: Default::default(),
             clock: ReceiveClock::default(),
             urgent: false,
         };
-        let t0 = Instant::now() + Duration::from_millis(1);
-        let arrivals: Vec<Instant> = (0..n).map(|i| t0 + gap * i as u32).collect();
         let waits = Arc::new(AtomicUsize::new(0));
         let conn = Scripted {
             arrivals: arrivals.iter().copied().collect(),
@@ -862,8 +883,10 @@ mod tests {
             async move { s.run(conn, stop).await }
         });
         let mut delays = Vec::new();
+        let mut handovers = 0;
         while delays.len() < n {
             let batch = rx.recv().await.expect("subscriber alive");
+            handovers += 1;
             let now = Instant::now();
             for r in batch {
                 // Values are the message numbers 1..=n, handed over in order.
@@ -873,7 +896,23 @@ mod tests {
         }
         stop.cancel();
         task.await.expect("subscriber task");
-        (waits.load(Relaxed), delays)
+        (waits.load(Relaxed), delays, handovers)
+    }
+
+    /// A gateway publishing a scan every 10 ms in a few messages that come in one socket
+    /// read: each burst is handed over at once and in one batch — no linger (it would add
+    /// 1–2 ms and a timer wake-up per burst, and gather nothing).
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_read_at_once_after_a_quiet_spell_is_handed_over_at_once() {
+        let t0 = Instant::now() + Duration::from_millis(1);
+        let bursts = 50;
+        let arrivals: Vec<Instant> = (0..bursts * 5)
+            .map(|i| t0 + Duration::from_millis(10) * (i / 5) as u32)
+            .collect();
+        let (_, delays, handovers) = run_arrivals(arrivals, AlarmLimits::default()).await;
+        let late: Vec<_> = delays.iter().filter(|d| !d.is_zero()).collect();
+        assert!(late.is_empty(), "{} messages waited: {late:?}", late.len());
+        assert_eq!(handovers, bursts as usize, "one hand-over per burst");
     }
 
     #[tokio::test(start_paused = true)]
