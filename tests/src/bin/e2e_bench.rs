@@ -1003,6 +1003,8 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
 
     let cpu0 = daemon.cpu()?;
     let cpu_times0 = cpu_times();
+    let threads0 = thread_stats(daemon.pid());
+    let threads_t0 = Instant::now();
     let t0 = Instant::now();
     let progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let load = load_thread(
@@ -1096,6 +1098,8 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
     let (count, last_growth) = wait_stored(&vm_url, want, Duration::from_secs(20)).await?;
     let stored_secs = last_growth.duration_since(t0).as_secs_f64();
     let cpu = daemon.cpu()? - cpu0;
+    let threads1 = thread_stats(daemon.pid());
+    let threads_secs = threads_t0.elapsed().as_secs_f64();
     let hwm = daemon.mem_mib("VmHWM")?;
     let rss_end = daemon.mem_mib("VmRSS")?;
     // Give the last probe events time to arrive, then close the books.
@@ -1162,6 +1166,7 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
         pct(&echo, 1.0)
     );
     print_machine("the run", cpu_times0, cpu_times());
+    print_threads(&threads0, &threads1, threads_secs);
     println!(
         "spool after the run: {} readings not yet delivered to the database (parkguard_spool_pending_readings), {} dropped unsent; {:.1} MiB on disk (kept for `spool.retention`)",
         daemon
@@ -1232,6 +1237,108 @@ fn cpu_times() -> Option<CpuTimes> {
         iowait: f[4],
         steal: f[7],
     })
+}
+
+/// One thread of the daemon: its name, CPU (utime + stime, clock ticks) and how often it
+/// went to sleep (voluntary context switches: every wait for a channel, a timer, a socket
+/// or the disk) or was preempted.
+#[derive(Clone, Debug, PartialEq)]
+struct ThreadStat {
+    tid: u32,
+    name: String,
+    ticks: u64,
+    voluntary: u64,
+    preempted: u64,
+}
+
+/// A thread's figures from its `/proc/PID/task/TID/stat` and `status` texts.
+fn parse_thread(tid: u32, stat: &str, status: &str) -> Option<ThreadStat> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_string();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Some(ThreadStat {
+        tid,
+        name,
+        ticks,
+        voluntary: field("voluntary_ctxt_switches")?,
+        preempted: field("nonvoluntary_ctxt_switches")?,
+    })
+}
+
+/// Every thread of process `pid` now (threads that end meanwhile are skipped).
+fn thread_stats(pid: u32) -> Vec<ThreadStat> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let tid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+        parse_thread(tid, &stat, &status)
+    })
+    .collect()
+}
+
+/// Per thread name, over `secs` between two samples: CPU (ms per s), sleeps per second
+/// (voluntary context switches) and preemptions per second; busiest first. Threads of one
+/// name (the tokio workers and blocking threads are all `parkguard`) are added up.
+fn thread_deltas(
+    t0: &[ThreadStat],
+    t1: &[ThreadStat],
+    secs: f64,
+) -> Vec<(String, usize, f64, f64, f64)> {
+    let mut by_name: std::collections::BTreeMap<&str, (usize, u64, u64, u64)> =
+        std::collections::BTreeMap::new();
+    for t in t1 {
+        let before = t0.iter().find(|b| b.tid == t.tid);
+        let d = |now: u64, then: Option<u64>| now.saturating_sub(then.unwrap_or(0));
+        let e = by_name.entry(t.name.as_str()).or_default();
+        e.0 += 1;
+        e.1 += d(t.ticks, before.map(|b| b.ticks));
+        e.2 += d(t.voluntary, before.map(|b| b.voluntary));
+        e.3 += d(t.preempted, before.map(|b| b.preempted));
+    }
+    let secs = secs.max(1e-9);
+    let mut rows: Vec<_> = by_name
+        .into_iter()
+        .map(|(name, (n, ticks, vol, pre))| {
+            (
+                name.to_string(),
+                n,
+                ticks as f64 * 10.0 / secs,
+                vol as f64 / secs,
+                pre as f64 / secs,
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2).then(b.3.total_cmp(&a.3)));
+    rows
+}
+
+/// Print [`thread_deltas`]: where the daemon's CPU went and how often each thread woke.
+/// On a virtual machine a wake-up costs tens of microseconds, often more than the work it
+/// wakes for (README, "End to end").
+fn print_threads(t0: &[ThreadStat], t1: &[ThreadStat], secs: f64) {
+    let rows = thread_deltas(t0, t1, secs);
+    if rows.is_empty() {
+        return;
+    }
+    let sleeps: f64 = rows.iter().map(|r| r.3).sum();
+    println!(
+        "daemon threads (/proc/PID/task, CPU ms per s, sleeps per s, preemptions per s), {sleeps:.0} sleeps per s in all:"
+    );
+    for (name, n, cpu, vol, pre) in rows {
+        let name = if n > 1 { format!("{name} ×{n}") } else { name };
+        println!("  {name:<20} {cpu:>6.1} ms/s  {vol:>7.1} sleeps/s  {pre:>6.1} preempted/s");
+    }
 }
 
 fn dir_size(p: &Path) -> u64 {
@@ -1376,9 +1483,11 @@ async fn modbus(a: &Args, bin: &Path) -> Result<()> {
     };
     let s0 = sample().await?;
     let cpu_times0 = cpu_times();
+    let threads0 = thread_stats(daemon.pid());
     tokio::time::sleep(Duration::from_secs(a.seconds)).await;
     let s1 = sample().await?;
     let cpu_times1 = cpu_times();
+    let threads1 = thread_stats(daemon.pid());
     let secs = s1.0.duration_since(s0.0).as_secs_f64();
     let cpu = s1.1 - s0.1;
     let polls = s1.3 - s0.3;
@@ -1404,6 +1513,7 @@ async fn modbus(a: &Args, bin: &Path) -> Result<()> {
         daemon.mem_mib("VmHWM")?
     );
     print_machine("the window", cpu_times0, cpu_times1);
+    print_threads(&threads0, &threads1, secs);
     match console {
         Some(task) => {
             task.abort();
@@ -1419,4 +1529,73 @@ async fn modbus(a: &Args, bin: &Path) -> Result<()> {
     drop(child.stdin.take());
     let _ = child.wait();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(vol: u64, pre: u64) -> String {
+        format!(
+            "Name:\tx\nState:\tS (sleeping)\nvoluntary_ctxt_switches:\t{vol}\nnonvoluntary_ctxt_switches:\t{pre}\n"
+        )
+    }
+
+    /// `/proc/PID/task/TID/stat`: utime and stime are the 14th and 15th fields; the name
+    /// may hold spaces and parentheses.
+    fn stat(tid: u32, name: &str, utime: u64, stime: u64) -> String {
+        format!("{tid} ({name}) S 1 1 1 0 -1 4194624 100 0 0 0 {utime} {stime} 0 0 20 0 9 0 1 2 3")
+    }
+
+    #[test]
+    fn a_thread_is_read_from_its_stat_and_status() {
+        let t = parse_thread(7, &stat(7, "spool (writer)", 30, 12), &status(5, 2));
+        assert_eq!(
+            t,
+            Some(ThreadStat {
+                tid: 7,
+                name: "spool (writer)".into(),
+                ticks: 42,
+                voluntary: 5,
+                preempted: 2,
+            })
+        );
+        assert_eq!(parse_thread(7, "garbage", &status(5, 2)), None);
+        assert_eq!(parse_thread(7, &stat(7, "x", 1, 1), "Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn threads_of_one_name_are_added_up_busiest_first() {
+        let t = |tid, name: &str, ticks, vol, pre| ThreadStat {
+            tid,
+            name: name.into(),
+            ticks,
+            voluntary: vol,
+            preempted: pre,
+        };
+        let before = [
+            t(1, "parkguard", 10, 100, 1),
+            t(2, "parkguard", 20, 50, 0),
+            t(3, "engine", 5, 10, 0),
+        ];
+        // Over 2 s: the two workers used 30 ticks (300 ms) and slept 300 times; a blocking
+        // thread started meanwhile counts from zero (2 ticks, 20 sleeps); the engine used 10
+        // ticks and slept 40 times.
+        let after = [
+            t(1, "parkguard", 25, 300, 3),
+            t(2, "parkguard", 35, 150, 1),
+            t(3, "engine", 15, 50, 0),
+            t(9, "parkguard", 2, 20, 0),
+        ];
+        let rows = thread_deltas(&before, &after, 2.0);
+        assert_eq!(rows.len(), 2);
+        let (name, n, cpu, vol, pre) = &rows[0];
+        assert_eq!((name.as_str(), *n), ("parkguard", 3));
+        assert!((cpu - 160.0).abs() < 1e-9, "{cpu}"); // 32 ticks = 320 ms over 2 s
+        assert!((vol - 160.0).abs() < 1e-9, "{vol}"); // 320 sleeps over 2 s
+        assert!((pre - 1.5).abs() < 1e-9, "{pre}");
+        let (name, n, cpu, vol, _) = &rows[1];
+        assert_eq!((name.as_str(), *n), ("engine", 1));
+        assert!((cpu - 50.0).abs() < 1e-9 && (vol - 20.0).abs() < 1e-9);
+    }
 }
