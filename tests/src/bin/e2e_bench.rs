@@ -279,22 +279,17 @@ impl Daemon {
     /// utime + stime of the daemon, seconds.
     fn cpu(&self) -> Result<f64> {
         let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        let rest = s.rsplit_once(')').context("stat")?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = f.get(11).context("utime")?.parse::<u64>()?
-            + f.get(12).context("stime")?.parse::<u64>()?;
+        let ticks = stat_ticks(&s).context("utime + stime in /proc/PID/stat")?;
         Ok(ticks as f64 / 100.0)
     }
 
     /// A `/proc/PID/status` value in MiB (VmRSS, VmHWM).
     fn mem_mib(&self, key: &str) -> Result<f64> {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        for line in s.lines() {
-            if let Some(v) = line.strip_prefix(key).and_then(|r| r.strip_prefix(':')) {
-                return Ok(v.trim().trim_end_matches(" kB").trim().parse::<f64>()? / 1024.0);
-            }
-        }
-        bail!("{key} not in /proc/PID/status")
+        let Some(v) = status_value(&s, key) else {
+            bail!("{key} not in /proc/PID/status")
+        };
+        Ok(v.trim_end_matches(" kB").trim().parse::<f64>()? / 1024.0)
     }
 
     async fn wait_log(&self, needle: &str, timeout: Duration) -> Result<()> {
@@ -1004,7 +999,6 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
     let cpu0 = daemon.cpu()?;
     let cpu_times0 = cpu_times();
     let threads0 = thread_stats(daemon.pid());
-    let threads_t0 = Instant::now();
     let t0 = Instant::now();
     let progress = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let load = load_thread(
@@ -1099,7 +1093,7 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
     let stored_secs = last_growth.duration_since(t0).as_secs_f64();
     let cpu = daemon.cpu()? - cpu0;
     let threads1 = thread_stats(daemon.pid());
-    let threads_secs = threads_t0.elapsed().as_secs_f64();
+    let threads_secs = t0.elapsed().as_secs_f64();
     let hwm = daemon.mem_mib("VmHWM")?;
     let rss_end = daemon.mem_mib("VmRSS")?;
     // Give the last probe events time to arrive, then close the books.
@@ -1251,22 +1245,29 @@ struct ThreadStat {
     preempted: u64,
 }
 
+/// utime + stime (clock ticks) of a `/proc/…/stat` text: its 14th and 15th fields, counted
+/// after the name's closing parenthesis (a name may hold spaces and parentheses).
+fn stat_ticks(stat: &str) -> Option<u64> {
+    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The value of `key` in a `/proc/…/status` text, trimmed.
+fn status_value<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
 /// A thread's figures from its `/proc/PID/task/TID/stat` and `status` texts.
 fn parse_thread(tid: u32, stat: &str, status: &str) -> Option<ThreadStat> {
-    let (head, rest) = stat.rsplit_once(')')?;
-    let name = head.split_once('(')?.1.to_string();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    let field = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
+    let name = stat.rsplit_once(')')?.0.split_once('(')?.1.to_string();
+    let field = |key: &str| status_value(status, key)?.parse::<u64>().ok();
     Some(ThreadStat {
         tid,
         name,
-        ticks,
+        ticks: stat_ticks(stat)?,
         voluntary: field("voluntary_ctxt_switches")?,
         preempted: field("nonvoluntary_ctxt_switches")?,
     })
