@@ -170,6 +170,10 @@ pub fn run_config_with(cfg: ParkConfig, extras: Extras) -> Result<()> {
         if let Some(at_start) = &running.engine.limits {
             drills = drills.with_limits(std::sync::Arc::clone(&at_start.store));
         }
+        // A drill's alarms escalate to drill channels while it runs.
+        if let Some(linkage) = &running.linkage {
+            drills = drills.with_linkage(std::sync::Arc::clone(linkage));
+        }
         let drills = std::sync::Arc::new(drills);
         let served = crate::api::wire::serve_with_drills(
             &cfg,

@@ -98,6 +98,33 @@ fn event(id: u64, kind: EventKind, to: AlarmState, t: Timestamp) -> Event {
     })
 }
 
+/// A drill's copy of [`event`]: the same alarm, raised by drill `drill`'s own engine.
+fn drill_event(id: u64, drill: &str, kind: EventKind, to: AlarmState, t: Timestamp) -> Event {
+    let Event::Alarm(mut a) = event(id, kind, to, t) else {
+        unreachable!("event() makes alarm events")
+    };
+    a.drill = Some(drill.into());
+    Event::Alarm(a)
+}
+
+/// A linkage whose route also names the drill room (drill events go there only).
+fn linkage_with_drill_room(path: &Path) -> Linkage {
+    let route: RouteConfig = serde_json::from_value(serde_json::json!({
+        "channels": ["enterprise-duty", "drill-room"], "escalation": "standard"
+    }))
+    .unwrap();
+    let route = route.validate(0, &flags(), &["standard".into()]).unwrap();
+    Linkage::new(
+        Router::new(vec![route], flags()),
+        vec![policy()],
+        HashMap::new(),
+        Arc::new(PointTable::new(Vec::new()).unwrap()),
+        HashMap::from([("E001".to_string(), "甲化工".to_string())]),
+        path,
+    )
+    .unwrap()
+}
+
 /// What the journal thread does with one batch (an empty batch is a tick).
 fn journal_batch(j: &mut Journal, l: &Linkage, events: &[Event], now: Timestamp) {
     let records: Vec<_> = events.iter().map(record_of).collect();
@@ -463,4 +490,133 @@ fn delivery_status_and_escalation_steps_through_the_api_backend() {
     let channels = backlog["channels"].as_array().unwrap();
     assert_eq!(channels.len(), 2, "{backlog}");
     assert!(channels.iter().all(|c| c["pending"] == 1), "{backlog}");
+}
+
+/// Drills escalate too, apart from the real path and only ever to drill channels. The same
+/// alarm is raised for real and in two drills at once: the real one escalates to the
+/// bureau as configured; the drills' levels go to the drill room (their steps name only
+/// production channels, so each level goes where the drill alarm itself went), under their
+/// own keys. Acknowledging in one drill stops that drill's escalation alone; a drill that
+/// is over takes its escalations with it and starts no new one; a restart resumes none of
+/// a drill's.
+#[test]
+fn a_drill_alarm_escalates_to_drill_channels_only_and_ends_with_its_ack_or_its_drill() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.sqlite");
+    let mut j = Journal::open(&path).unwrap();
+    let l = linkage_with_drill_room(&path);
+    let t0 = Timestamp::from_secs(1_795_688_531);
+    let d1 = "drill:d1/GT-101:HH";
+    let d2 = "drill:d2/GT-101:HH";
+    l.drill_started("d1");
+    l.drill_started("d2");
+    let raise = |id, drill: Option<&str>, t| match drill {
+        Some(d) => drill_event(id, d, EventKind::Activate, AlarmState::Unacknowledged, t),
+        None => event(id, EventKind::Activate, AlarmState::Unacknowledged, t),
+    };
+    journal_batch(
+        &mut j,
+        &l,
+        &[
+            raise(1, None, t0),
+            raise(2, Some("d1"), t0),
+            raise(3, Some("d2"), t0),
+        ],
+        t0,
+    );
+    assert_eq!(
+        rows(&path),
+        [
+            (1, "enterprise-duty".to_string()),
+            (2, "drill-room".to_string()),
+            (3, "drill-room".to_string())
+        ],
+        "the real alarm to the enterprise, the drills' to the drill room"
+    );
+    assert_eq!(l.escalating(), [ALARM, d1, d2]);
+
+    // T1 at 2 min: the bureau desk for the real alarm, the drill room for each drill.
+    let got = tick(&mut j, &l, &path, t0, 0, 130);
+    assert_eq!(
+        got,
+        [
+            (120, "bureau-desk".to_string()),
+            (120, "drill-room".to_string()),
+            (120, "drill-room".to_string())
+        ]
+    );
+    let steps = escalation_log::steps(j.connection(), d1).unwrap();
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0].channels, ["drill-room"]);
+    let conn = outbox::open(&path).unwrap();
+    let payload: String = conn
+        .query_row(
+            "SELECT payload FROM outbox WHERE channel = 'drill-room' AND event_id = ?1",
+            [steps[0].id as i64],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let n: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(n["drill"], "d1", "{n}");
+    assert!(
+        n["message_zh"]
+            .as_str()
+            .unwrap()
+            .starts_with("【演练】【升级 第1级 园区应急管理局值班室】未确认报警：甲化工"),
+        "{n}"
+    );
+    assert!(
+        n["message_en"]
+            .as_str()
+            .unwrap()
+            .starts_with("[DRILL] [escalation level 1: 园区应急管理局值班室] unacknowledged: "),
+        "{n}"
+    );
+
+    // Acknowledged in drill d1: its escalation stops, the real one and d2's go on.
+    let t = t0 + Duration::from_secs(135);
+    journal_batch(
+        &mut j,
+        &l,
+        &[drill_event(
+            4,
+            "d1",
+            EventKind::Acknowledge,
+            AlarmState::Acknowledged,
+            t,
+        )],
+        t,
+    );
+    assert_eq!(l.escalating(), [ALARM, d2]);
+
+    // Drill d2 is stopped: the journal thread is asked to tick at once, and the tick ends
+    // its escalation; a late event of d2 starts none. T2 at 5 min reaches the leaders for
+    // the real alarm alone.
+    l.drill_ended("d2");
+    assert!(l.escalation_due(t0 + Duration::from_secs(136)));
+    let t = t0 + Duration::from_secs(140);
+    journal_batch(&mut j, &l, &[raise(5, Some("d2"), t)], t);
+    assert_eq!(l.escalating(), [ALARM]);
+    assert!(escalation_log::steps(j.connection(), d2).unwrap().len() == 1);
+    let got = tick(&mut j, &l, &path, t0, 140, 310);
+    assert_eq!(got, [(300, "bureau-leaders".to_string())]);
+
+    // A drill running when the daemon stops: after the restart (no drill runs) its
+    // escalation is dropped at the first tick, before anything of it goes out again.
+    l.drill_started("d3");
+    let t = t0 + Duration::from_secs(320);
+    journal_batch(&mut j, &l, &[raise(6, Some("d3"), t)], t);
+    assert_eq!(l.escalating(), [ALARM, "drill:d3/GT-101:HH"]);
+    drop(l);
+    let l = linkage_with_drill_room(&path);
+    assert!(l.escalation_due(t));
+    let got = tick(&mut j, &l, &path, t0, 320, 20 * 60);
+    assert!(got.is_empty(), "{got:?}");
+    assert_eq!(l.escalating(), [ALARM]);
+    assert!(
+        escalation_log::load(j.connection())
+            .unwrap()
+            .iter()
+            .all(|a| a.base.drill.is_none())
+    );
 }

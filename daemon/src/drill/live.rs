@@ -280,6 +280,9 @@ pub struct Drills {
     /// The real path's limits store: each drill applies the limits in force from it at
     /// start ([`super::limits`]). `None`: drills run the configured limits.
     limits: Option<Arc<LimitsStore>>,
+    /// The real path's linkage: a drill's alarms escalate to drill channels while the
+    /// drill runs ([`crate::linkage::wire`]). `None`: no escalation.
+    linkage: Option<Arc<crate::linkage::wire::Linkage>>,
     drills: Mutex<Vec<Arc<Handle>>>,
 }
 
@@ -312,6 +315,7 @@ impl Drills {
         Self {
             parts: None,
             limits: None,
+            linkage: None,
             drills: Mutex::new(Vec::new()),
         }
     }
@@ -321,6 +325,7 @@ impl Drills {
         Self {
             parts: Some(parts),
             limits: None,
+            linkage: None,
             drills: Mutex::new(Vec::new()),
         }
     }
@@ -330,6 +335,14 @@ impl Drills {
     /// the drill starts, instead of the configured ones. The daemon always sets it.
     pub fn with_limits(mut self, store: Arc<LimitsStore>) -> Self {
         self.limits = Some(store);
+        self
+    }
+
+    /// Let the drills' alarms escalate through `linkage` (the real path's, whose router
+    /// keeps drill notifications on drill channels) while each drill runs. The daemon sets
+    /// it when channels are configured.
+    pub fn with_linkage(mut self, linkage: Arc<crate::linkage::wire::Linkage>) -> Self {
+        self.linkage = Some(linkage);
         self
     }
 
@@ -652,9 +665,20 @@ impl Drills {
             cancel: parts.shutdown.child_token(),
         };
         info!(drill = %id, source = %status.source, speed = %status.speed, by, "drill started");
+        // Its escalations run from now until the task ends (stopped, or the daemon stops).
+        let linkage = self.linkage.clone();
+        if let Some(l) = &linkage {
+            l.drill_started(&id);
+        }
+        let ended = id.clone();
         tokio::spawn(
-            task.run(ctl_rx)
-                .instrument(info_span!("drill", drill = %id)),
+            async move {
+                task.run(ctl_rx).await;
+                if let Some(l) = linkage {
+                    l.drill_ended(&ended);
+                }
+            }
+            .instrument(info_span!("drill", drill = %id)),
         );
         Ok(status)
     }

@@ -7,8 +7,18 @@
 //! `unacknowledged`: a new alarm, a worse level, a re-alarm) and every warning-grade change
 //! to a grade (not back to none). Returns to normal and operator actions are journalled but
 //! not pushed. Drill events carry their drill id and the router gives them only to channels
-//! marked `drill = true`. Escalation timers (T1, T2, …) are validated in the config but not
-//! yet ticked by the daemon: that is still to do.
+//! marked `drill = true`.
+//!
+//! **Escalation** (T1, T2, …, [`super::escalate`]): an unacknowledged alarm on a route
+//! with a policy escalates until it is acknowledged; each level is queued in the journal
+//! transaction that is open when it falls due. A drill's alarms escalate too, apart from
+//! the real ones ([`escalation_key`]) and only ever to drill channels: a level goes to
+//! the drill channels among its step's channels, or, when the step names none, to the
+//! drill channels the alarm itself went to, so that a drill exercises the chain with the
+//! policies the park really uses. A drill's escalations end with the drill
+//! ([`Linkage::drill_ended`]); after a restart none resumes (drills do not survive one).
+//! Escalation runs on the wall clock, whatever the drill's speed: the people it reaches
+//! answer in real time.
 //!
 //! **Early delivery.** Inside the journal transaction, after its outbox rows are inserted
 //! and *before* the commit, [`Linkage::enqueue`] hands every real (non-drill) notification
@@ -72,6 +82,21 @@ pub struct Linkage {
     /// Early queues by channel name (see the module docs); empty for a linkage made by
     /// [`Linkage::new`] alone (then everything goes through the outbox rows only).
     pub early: HashMap<String, outbox::EarlyTx>,
+    /// Drills running in this process ([`Linkage::drill_started`]): only their alarms
+    /// escalate, and an escalation of a drill not in here ends at the next batch or tick.
+    drills: Mutex<std::collections::HashSet<String>>,
+}
+
+/// The escalator's key of an alarm: its id on the real path, `drill:{drill id}/{alarm id}`
+/// for a drill's, so that a drill of an alarm that is also active for real escalates on
+/// its own and an acknowledgement in one never stops the other. (Which drill an
+/// escalation belongs to is read from its stored notification, never parsed from the
+/// key: a real tag may contain anything.)
+pub fn escalation_key(alarm: &str, drill: Option<&str>) -> String {
+    match drill {
+        Some(d) => format!("drill:{d}/{alarm}"),
+        None => alarm.to_string(),
+    }
 }
 
 /// How far above the highest real event id journalled the watermark is kept: the most
@@ -209,6 +234,18 @@ pub fn start(
     Ok((linkage, tasks))
 }
 
+/// The keys of `esc`'s escalations that belong to a drill not in `drills`.
+fn ended_drill_escalations(
+    esc: &Escalating,
+    drills: &std::collections::HashSet<String>,
+) -> Vec<String> {
+    esc.bases
+        .iter()
+        .filter(|(_, (_, n))| n.drill.as_ref().is_some_and(|d| !drills.contains(d)))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
 fn db_err(e: impl std::fmt::Display) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(e.to_string())))
 }
@@ -268,6 +305,7 @@ impl Linkage {
                         watermark,
                         pending_watermark: None,
                     }),
+                    drills: Mutex::new(std::collections::HashSet::new()),
                     policies: policies.into_iter().map(|p| (p.name.clone(), p)).collect(),
                     early: HashMap::new(),
                 }
@@ -287,19 +325,32 @@ impl Linkage {
         let mut state = self.escalation.lock().unwrap_or_else(|e| e.into_inner());
         // Work on a copy: it becomes the committed state only after the commit.
         let mut esc = state.committed.clone();
+        let drills = self
+            .drills
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // Escalations of drills that ended (or of a previous process) end here.
+        for key in ended_drill_escalations(&esc, &drills) {
+            esc.escalator.on_ack(&key);
+            esc.bases.remove(&key);
+            escalation_log::stop(tx, &key)?;
+            info!(escalation = %key, "drill over: its escalation ends");
+        }
         let mut woken = Vec::new();
         let mut early: Vec<(&outbox::EarlyTx, Notification)> = Vec::new();
         for ev in events {
             if let Event::Alarm(a) = ev
-                && a.drill.is_none()
                 && !matches!(
                     a.to,
                     AlarmState::Unacknowledged | AlarmState::ReturnedUnacknowledged
                 )
-                && esc.escalator.on_ack(&a.alarm)
             {
-                esc.bases.remove(&a.alarm);
-                escalation_log::stop(tx, &a.alarm)?;
+                let key = escalation_key(&a.alarm, a.drill.as_deref());
+                if esc.escalator.on_ack(&key) {
+                    esc.bases.remove(&key);
+                    escalation_log::stop(tx, &key)?;
+                }
             }
             let Some(n) = self.notification_of(ev) else {
                 continue;
@@ -318,21 +369,24 @@ impl Linkage {
                     early.push((q, n.clone()));
                 }
             }
-            // Escalate unacknowledged real alarms (drills: not yet; their ids would share
-            // the escalator's alarm keys with the real path).
+            // Escalate unacknowledged alarms: real ones, and those of a drill still running
+            // (under their own key).
             if let (Event::Alarm(a), Some(policy)) = (ev, routed.escalations.first())
-                && a.drill.is_none()
                 && a.to == AlarmState::Unacknowledged
-                && !esc.bases.contains_key(&a.alarm)
+                && a.drill.as_ref().is_none_or(|d| drills.contains(d))
             {
+                let key = escalation_key(&a.alarm, a.drill.as_deref());
+                if esc.bases.contains_key(&key) {
+                    continue;
+                }
                 let due = esc
                     .escalator
-                    .on_event(&a.alarm, n.event_id, policy, now)
+                    .on_event(&key, n.event_id, policy, now)
                     .map_err(db_err)?;
                 escalation_log::start(
                     tx,
                     &escalation_log::Active {
-                        alarm_id: a.alarm.clone(),
+                        alarm_id: key.clone(),
                         policy: policy.clone(),
                         event_id: n.event_id,
                         raised_at: now,
@@ -341,8 +395,7 @@ impl Linkage {
                         base: n.clone(),
                     },
                 )?;
-                esc.bases
-                    .insert(a.alarm.clone(), (policy.clone(), n.clone()));
+                esc.bases.insert(key, (policy.clone(), n.clone()));
                 self.queue_steps(tx, &esc, due, now, &mut woken)?;
             }
         }
@@ -392,6 +445,7 @@ impl Linkage {
                 .and_then(|p| p.steps.get(d.step))
                 .map(|s| s.label.clone())
                 .unwrap_or_default();
+            let channels = self.step_channels(base, &d.channels);
             let id = escalation_log::record_step(
                 tx,
                 &escalation_log::StepRecord {
@@ -402,13 +456,13 @@ impl Linkage {
                     step: d.step,
                     repeat: d.repeat,
                     scheduled_ns: d.scheduled.nanos(),
-                    channels: d.channels.clone(),
+                    channels: channels.clone(),
                     label: label.clone(),
                 },
             )?;
             let n = step_notification(base, id, &d, &label);
-            info!(alarm = %d.alarm_id, step = d.step + 1, repeat = d.repeat, id, channels = ?d.channels, "escalation step");
-            for c in &d.channels {
+            info!(alarm = %d.alarm_id, step = d.step + 1, repeat = d.repeat, id, channels = ?channels, "escalation step");
+            for c in &channels {
                 match self.router.admit(&n, c) {
                     Ok(a) => {
                         outbox::enqueue(tx, &a, &n, now).map_err(db_err)?;
@@ -421,6 +475,48 @@ impl Linkage {
             }
         }
         Ok(())
+    }
+
+    /// The channels a level of the escalation of `base` goes to: the step's channels for a
+    /// real alarm (the router refuses drill channels); for a drill's alarm the drill
+    /// channels among them, or, when the step names none, the drill channels `base` itself
+    /// was routed to (see the module docs).
+    fn step_channels(&self, base: &Notification, step: &[String]) -> Vec<String> {
+        if base.drill.is_none() {
+            return step.to_vec();
+        }
+        let own: Vec<String> = step
+            .iter()
+            .filter(|c| self.router.admit(base, c).is_ok())
+            .cloned()
+            .collect();
+        if !own.is_empty() {
+            return own;
+        }
+        self.router
+            .route(base)
+            .channels
+            .iter()
+            .map(|a| a.channel().to_string())
+            .collect()
+    }
+
+    /// A drill started: its alarms escalate (to drill channels) until
+    /// [`Linkage::drill_ended`].
+    pub fn drill_started(&self, drill: &str) {
+        self.drills
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(drill.to_string());
+    }
+
+    /// A drill is over (stopped, or its task ended): its escalations end at the journal
+    /// thread's next batch or tick, which [`Linkage::escalation_due`] asks for at once.
+    pub fn drill_ended(&self, drill: &str) {
+        self.drills
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(drill);
     }
 
     /// 消警: record a validated closure of the raise at `raised_at` and queue its
@@ -466,11 +562,13 @@ impl Linkage {
     /// Whether an escalation step is due at `now` (the journal thread ticks only then).
     pub fn escalation_due(&self, now: Timestamp) -> bool {
         let state = self.escalation.lock().unwrap_or_else(|e| e.into_inner());
+        let drills = self.drills.lock().unwrap_or_else(|e| e.into_inner());
         state
             .committed
             .escalator
             .next_deadline()
             .is_some_and(|t| t <= now)
+            || !ended_drill_escalations(&state.committed, &drills).is_empty()
     }
 
     /// Alarms currently escalating.
@@ -695,14 +793,23 @@ pub fn step_notification(base: &Notification, id: u64, d: &Due, label: &str) -> 
     } else {
         format!(": {label}")
     };
-    n.message_zh = format!(
-        "【{rep_zh}升级 第{level}级{who_zh}】未确认报警：{}",
-        base.message_zh
-    );
-    n.message_en = format!(
-        "[{rep_en}escalation level {level}{who_en}] unacknowledged: {}",
-        base.message_en
-    );
+    // A drill's level says so first (the drill's alarm text has it too; once is enough).
+    let (drill_zh, drill_en) = if base.drill.is_some() {
+        ("【演练】", "[DRILL] ")
+    } else {
+        ("", "")
+    };
+    let base_zh = base
+        .message_zh
+        .strip_prefix(drill_zh)
+        .unwrap_or(&base.message_zh);
+    let base_en = base
+        .message_en
+        .strip_prefix(drill_en)
+        .unwrap_or(&base.message_en);
+    n.message_zh = format!("{drill_zh}【{rep_zh}升级 第{level}级{who_zh}】未确认报警：{base_zh}");
+    n.message_en =
+        format!("{drill_en}[{rep_en}escalation level {level}{who_en}] unacknowledged: {base_en}");
     n
 }
 
