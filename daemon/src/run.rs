@@ -110,8 +110,9 @@ pub fn run_config_with(cfg: ParkConfig, extras: Extras) -> Result<()> {
         }
         let running = crate::topology::start(&cfg, shutdown.clone()).await?;
         // The config's parse tree and the start-up's transient buffers are freed by now:
-        // give them back to the system, and so on every 30 s (e.g. after an outage's
-        // backlog was delivered). See `crate::mem`.
+        // give them back to the system, and so on whenever the resident set grew by 2 MiB
+        // (a console's event churn, an outage's backlog delivered) or 30 s passed. See
+        // `crate::mem`.
         let released = crate::mem::release_free_heap();
         tracing::debug!(released, "freed start-up heap given back");
         tokio::spawn(crate::mem::trim_periodically(shutdown.clone()));
