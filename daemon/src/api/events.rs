@@ -15,6 +15,16 @@
 //! Back-pressure: publishing never waits. The broadcast channel holds `capacity` events;
 //! a client that falls further behind loses its place (counted in
 //! `parkguard_sse_lagged_total`) and gets `reset`. The ring holds `ring` events.
+//!
+//! Point *values* (the throttled updates) are kept apart, in a ring of their own of
+//! `value_ring` events (2,000 by default), because on a large park they are almost all of
+//! the stream: 10,000 points send 10,000 a second, so a shared ring of 10,000 covered about
+//! one second whatever its size, evicted every alarm event within that second, and held
+//! ~7 MB of text for it (issue #11: the daemon's RSS with a console on 10,000 Modbus
+//! points). Alarm, warning and point-state events keep the whole `ring` to themselves. A
+//! resuming client is replayed both rings merged in id order, and reset when either has
+//! let go of an event it has not seen. On the demo park (tens of points) the value ring
+//! still covers minutes.
 
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -85,8 +95,11 @@ const FLUSH_SLICE: usize = 256;
 /// Hub settings.
 #[derive(Clone, Debug)]
 pub struct HubSettings {
-    /// Events kept for resumption. Default 10,000.
+    /// Alarm, warning, state and other events kept for resumption. Default 10,000.
     pub ring: usize,
+    /// Point value updates kept for resumption (a ring of their own, see the module
+    /// docs). Default 2,000.
+    pub value_ring: usize,
     /// Events a client may fall behind before it is reset (the broadcast capacity, one
     /// buffer shared by all clients). Default 4,096; [`HubSettings::for_points`] sizes it.
     pub capacity: usize,
@@ -112,6 +125,7 @@ impl Default for HubSettings {
     fn default() -> Self {
         Self {
             ring: 10_000,
+            value_ring: 2_000,
             capacity: 4_096,
             point_interval: Duration::from_secs(1),
         }
@@ -132,6 +146,11 @@ struct Slot {
 struct Inner {
     next_id: u64,
     ring: VecDeque<Arc<Event>>,
+    /// Point value updates (see the module docs).
+    values: VecDeque<Arc<Event>>,
+    /// The newest id either ring has let go of (0: none): a client that has not seen it
+    /// must reload.
+    evicted: u64,
     points: HashMap<Box<str>, Slot, foldhash::fast::RandomState>,
     /// Slots with a `pending` update.
     pending: usize,
@@ -162,6 +181,15 @@ impl Inner {
     }
 }
 
+/// Which ring an event is kept in.
+#[derive(Clone, Copy)]
+enum Ring {
+    /// Alarm, warning, point-state and other events.
+    Events,
+    /// Throttled point value updates.
+    Values,
+}
+
 /// What a new subscriber gets.
 pub struct Subscription {
     /// Events to replay first.
@@ -189,6 +217,9 @@ impl EventHub {
             inner: Mutex::new(Inner {
                 next_id: first_id.max(1),
                 ring: VecDeque::with_capacity(settings.ring.min(65_536)),
+                values: VecDeque::with_capacity(settings.value_ring.min(65_536)),
+                // Ids below the first are another process's: gone.
+                evicted: first_id.max(1) - 1,
                 points: HashMap::default(),
                 pending: 0,
                 gap: 0,
@@ -199,13 +230,26 @@ impl EventHub {
     }
 
     fn push(&self, g: &mut Inner, kind: &'static str, data: String) -> u64 {
+        self.push_to(g, kind, data, Ring::Events)
+    }
+
+    fn push_to(&self, g: &mut Inner, kind: &'static str, data: String, ring: Ring) -> u64 {
         let id = g.next_id;
         g.next_id += 1;
         let ev = Arc::new(Event::new(id, kind, &data));
-        if g.ring.len() >= self.settings.ring.max(1) {
-            g.ring.pop_front();
+        let (kept, cap) = match ring {
+            Ring::Events => (&mut g.ring, self.settings.ring),
+            Ring::Values => (&mut g.values, self.settings.value_ring),
+        };
+        let gone = if kept.len() >= cap.max(1) {
+            kept.pop_front().map(|e| e.id)
+        } else {
+            None
+        };
+        kept.push_back(ev.clone());
+        if let Some(gone) = gone {
+            g.evicted = g.evicted.max(gone);
         }
-        g.ring.push_back(ev.clone());
         // No receivers is fine: the ring keeps it for the next client.
         let _ = self.tx.send(ev);
         id
@@ -251,7 +295,7 @@ impl EventHub {
             slot.last = Some(now);
             let had = slot.pending.take().is_some();
             g.pending -= usize::from(had);
-            Some(self.push(&mut g, "point", text))
+            Some(self.push_to(&mut g, "point", text, Ring::Values))
         } else {
             // Kept until due: at most one per point, so give back the spare capacity
             // serde_json grew the string with (up to half of it; 10,000 points wait here).
@@ -331,7 +375,7 @@ impl EventHub {
                 if let Some(text) = slot.pending.take() {
                     slot.last = Some(now);
                     g.pending -= 1;
-                    self.push(&mut g, "point", text);
+                    self.push_to(&mut g, "point", text, Ring::Values);
                     sent += 1;
                 }
             }
@@ -367,15 +411,22 @@ impl EventHub {
                 reset: false,
             };
         };
-        let oldest = g.ring.front().map(|e| e.id).unwrap_or(g.next_id);
-        // The client saw `last`; it needs `last + 1` onwards. Gone from the ring, or an id
+        // The client saw `last`; it needs `last + 1` onwards. Gone from a ring, or an id
         // from the future (a previous process): reload.
         // Or point updates were dropped after `last` while nobody listened.
-        let reset = last.saturating_add(1) < oldest || last >= g.next_id || last < g.gap;
+        let reset = last < g.evicted || last >= g.next_id || last < g.gap;
         let replay = if reset {
             Vec::new()
         } else {
-            g.ring.iter().filter(|e| e.id > last).cloned().collect()
+            let mut r: Vec<Arc<Event>> = g
+                .ring
+                .iter()
+                .chain(g.values.iter())
+                .filter(|e| e.id > last)
+                .cloned()
+                .collect();
+            r.sort_unstable_by_key(|e| e.id);
+            r
         };
         Subscription { replay, rx, reset }
     }
@@ -420,6 +471,59 @@ mod tests {
         );
         assert!(hub.subscribe(Some(1)).reset, "1 → needs 2, which is gone");
         assert!(hub.subscribe(Some(99)).reset, "an id from the future");
+    }
+
+    /// Point values have a ring of their own: a flood of them does not push alarm
+    /// events out, a resuming client gets both merged in id order, and one that missed a
+    /// value the value ring let go of reloads.
+    #[test]
+    fn point_values_do_not_push_alarm_events_out_of_the_ring() {
+        let hub = EventHub::new(
+            HubSettings {
+                ring: 3,
+                value_ring: 2,
+                ..HubSettings::default()
+            },
+            1,
+        );
+        let _listener = hub.subscribe(None);
+        let t0 = Instant::now();
+        let value = |tag: &str| hub.publish_point(tag, &1.0, t0).unwrap();
+        assert_eq!(hub.publish("alarm", &"a1"), 1);
+        assert_eq!(value("P1"), 2);
+        assert_eq!(value("P2"), 3);
+        assert_eq!(hub.publish("alarm", &"a2"), 4);
+        assert_eq!(value("P3"), 5);
+        // Values kept: 3, 5 (2 let go of); events kept: 1, 4 — the value flood did not
+        // push alarm 1 out.
+        let s = hub.subscribe(Some(2));
+        assert!(!s.reset);
+        assert_eq!(
+            s.replay.iter().map(|e| e.id).collect::<Vec<_>>(),
+            [3, 4, 5],
+            "both rings, in id order"
+        );
+        assert!(hub.subscribe(Some(1)).reset, "value 2 is gone: reload");
+        // A flood of values: resumption now reaches back only as far as the value ring.
+        for i in 0..10 {
+            value(&format!("Q{i}"));
+        }
+        let s = hub.subscribe(Some(14));
+        assert!(!s.reset);
+        assert_eq!(s.replay.iter().map(|e| e.id).collect::<Vec<_>>(), [15]);
+        assert!(hub.subscribe(Some(12)).reset);
+    }
+
+    /// Ids below the hub's first belong to a previous process: a client resuming from
+    /// one is told to reload, even before any event of this process was kept.
+    #[test]
+    fn an_id_of_a_previous_process_reloads() {
+        let hub = EventHub::new(HubSettings::default(), 1_000);
+        assert!(hub.subscribe(Some(500)).reset);
+        assert!(
+            !hub.subscribe(Some(999)).reset,
+            "saw everything before 1000"
+        );
     }
 
     #[test]
