@@ -105,6 +105,10 @@ const USAGE: &str = "usage: e2e-bench burst|steady|modbus|soak [--points N] [--r
 fn args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
     let scenario = it.next().context(USAGE)?;
+    if matches!(scenario.as_str(), "--help" | "-h" | "help") {
+        println!("{USAGE}");
+        std::process::exit(0);
+    }
     if scenario == "--serve-modbus" {
         let devices: u8 = it.next().context("devices")?.parse()?;
         let registers: u16 = it.next().context("registers")?.parse()?;
