@@ -1312,7 +1312,18 @@ impl EngineBackend {
         );
         if let Some(m) = &self.parts.modbus {
             let devs = m.snapshot();
-            let series: [Series<parkguard_drivers::modbus::DeviceSnapshot>; 9] = [
+            let series: [Series<parkguard_drivers::modbus::DeviceSnapshot>; 12] = [
+                ("polls", "Scheduled Modbus polls started.", |d| d.polls),
+                (
+                    "polls_skipped",
+                    "Scheduled Modbus polls skipped: the line was still busy past their slot.",
+                    |d| d.polls_skipped,
+                ),
+                (
+                    "polls_delayed_by_line",
+                    "Modbus polls that started late because another device held the shared line.",
+                    |d| d.polls_delayed_by_line,
+                ),
                 ("requests", "Modbus requests sent.", |d| d.requests),
                 ("responses", "Modbus responses received.", |d| d.responses),
                 ("exceptions", "Modbus exception responses.", |d| {
@@ -1361,6 +1372,7 @@ impl EngineBackend {
                     u8::from(d.online)
                 );
             }
+            modbus_lateness(out, &devs);
         }
         if !self.parts.mqtt.is_empty() {
             let snaps: Vec<_> = self
@@ -1438,6 +1450,52 @@ fn parse_warning(payload: serde_json::Value) -> Option<parkguard_rules::WarningE
 
 /// One counter family: name suffix, help, how to read it.
 type Series<T> = (&'static str, &'static str, fn(&T) -> u64);
+
+/// The pollers' jitter: how late each scheduled poll started, as one histogram over all
+/// devices (per device it would be 21 series each; the largest lateness per device is a
+/// gauge beside it).
+fn modbus_lateness(out: &mut String, devs: &[parkguard_drivers::modbus::DeviceSnapshot]) {
+    use parkguard_drivers::modbus::metrics::LATENESS_BUCKETS_US;
+    let mut hist = vec![0u64; LATENESS_BUCKETS_US.len() + 1];
+    let mut sum_us = 0u64;
+    for d in devs {
+        for (h, n) in hist.iter_mut().zip(&d.lateness) {
+            *h += n;
+        }
+        sum_us = sum_us.saturating_add(d.lateness_us_sum);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP parkguard_modbus_poll_lateness_seconds How late scheduled Modbus polls started (all devices): the pollers' jitter.\n# TYPE parkguard_modbus_poll_lateness_seconds histogram"
+    );
+    let mut acc = 0u64;
+    for (b, n) in LATENESS_BUCKETS_US.iter().zip(&hist) {
+        acc += n;
+        let _ = writeln!(
+            out,
+            "parkguard_modbus_poll_lateness_seconds_bucket{{le=\"{}\"}} {acc}",
+            *b as f64 / 1e6
+        );
+    }
+    acc += hist.last().copied().unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "parkguard_modbus_poll_lateness_seconds_bucket{{le=\"+Inf\"}} {acc}\nparkguard_modbus_poll_lateness_seconds_sum {}\nparkguard_modbus_poll_lateness_seconds_count {acc}",
+        sum_us as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "# HELP parkguard_modbus_poll_lateness_max_seconds Largest poll-start lateness of the device since the daemon started.\n# TYPE parkguard_modbus_poll_lateness_max_seconds gauge"
+    );
+    for d in devs {
+        let _ = writeln!(
+            out,
+            "parkguard_modbus_poll_lateness_max_seconds{{device=\"{}\"}} {}",
+            esc(&d.id),
+            d.lateness_us_max as f64 / 1e6
+        );
+    }
+}
 
 fn esc(s: &str) -> String {
     s.replace('\\', "\\\\")
@@ -2416,6 +2474,57 @@ mod tests {
             }
         });
         port
+    }
+
+    /// The pollers' jitter on `/metrics`: one cumulative histogram over all devices (in
+    /// seconds, as Prometheus expects), its sum and count, and the largest lateness per
+    /// device.
+    #[test]
+    fn modbus_poll_lateness_is_one_histogram_over_all_devices() {
+        use parkguard_drivers::modbus::DeviceMetrics;
+        let a = DeviceMetrics::new("A");
+        let b = DeviceMetrics::new("B");
+        // A: 3 polls on time-ish (80 µs), one 2.5 ms late; B: one 40 ms, one 7 s late.
+        for _ in 0..3 {
+            a.record_lateness(Duration::from_micros(80));
+        }
+        a.record_lateness(Duration::from_micros(2_500));
+        b.record_lateness(Duration::from_millis(40));
+        b.record_lateness(Duration::from_secs(7));
+        let mut out = String::new();
+        modbus_lateness(&mut out, &[a.snapshot(), b.snapshot()]);
+        let line = |name: &str| {
+            out.lines()
+                .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+                .and_then(|l| l.rsplit(' ').next())
+                .unwrap_or_else(|| panic!("no {name} in\n{out}"))
+                .to_string()
+        };
+        let bucket = |le: &str| {
+            line(&format!(
+                "parkguard_modbus_poll_lateness_seconds_bucket{{le=\"{le}\"}}"
+            ))
+        };
+        assert_eq!(bucket("0.0001"), "3");
+        assert_eq!(bucket("0.002"), "3");
+        assert_eq!(bucket("0.003"), "4");
+        assert_eq!(bucket("0.05"), "5");
+        assert_eq!(bucket("5"), "5");
+        assert_eq!(bucket("+Inf"), "6");
+        assert_eq!(line("parkguard_modbus_poll_lateness_seconds_count"), "6");
+        let sum: f64 = line("parkguard_modbus_poll_lateness_seconds_sum")
+            .parse()
+            .unwrap();
+        assert!((sum - 7.04274).abs() < 1e-9, "{sum}");
+        assert_eq!(
+            line("parkguard_modbus_poll_lateness_max_seconds{device=\"B\"}"),
+            "7"
+        );
+        assert_eq!(
+            line("parkguard_modbus_poll_lateness_max_seconds{device=\"A\"}"),
+            "0.0025"
+        );
+        assert!(out.contains("# TYPE parkguard_modbus_poll_lateness_seconds histogram"));
     }
 
     /// Publishes an MQTT linkage channel's broker refused are on `/metrics` per channel.

@@ -60,6 +60,8 @@ pub struct DeviceMetrics {
     pub lateness: [AtomicU64; LATENESS_BUCKETS_US.len() + 1],
     /// Largest poll-start lateness, µs.
     pub lateness_us_max: AtomicU64,
+    /// Sum of poll-start lateness, µs (the histogram's `_sum` on `/metrics`).
+    pub lateness_us_sum: AtomicU64,
 }
 
 impl DeviceMetrics {
@@ -76,7 +78,8 @@ impl DeviceMetrics {
         self.latency_us_max.fetch_max(us, Relaxed);
         self.latency_us_last.store(us, Relaxed);
     }
-    pub(crate) fn record_lateness(&self, d: Duration) {
+    /// Count a scheduled poll that started `d` after its due time.
+    pub fn record_lateness(&self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         let i = LATENESS_BUCKETS_US
             .iter()
@@ -84,6 +87,7 @@ impl DeviceMetrics {
             .unwrap_or(LATENESS_BUCKETS_US.len());
         self.lateness[i].fetch_add(1, Relaxed);
         self.lateness_us_max.fetch_max(us, Relaxed);
+        self.lateness_us_sum.fetch_add(us, Relaxed);
     }
     /// A plain copy of the counters.
     pub fn snapshot(&self) -> DeviceSnapshot {
@@ -110,6 +114,7 @@ impl DeviceMetrics {
             online: self.online.load(Relaxed),
             lateness: self.lateness.iter().map(|a| a.load(Relaxed)).collect(),
             lateness_us_max: self.lateness_us_max.load(Relaxed),
+            lateness_us_sum: self.lateness_us_sum.load(Relaxed),
         }
     }
 }
@@ -139,6 +144,7 @@ pub struct DeviceSnapshot {
     pub online: bool,
     pub lateness: Vec<u64>,
     pub lateness_us_max: u64,
+    pub lateness_us_sum: u64,
 }
 
 impl DeviceSnapshot {

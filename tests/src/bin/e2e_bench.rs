@@ -36,8 +36,9 @@
 //! - CPU: utime + stime of the daemon's PID from `/proc/PID/stat` over the run; peak RSS is
 //!   its `VmHWM`.
 //! - Modbus: polls/s, values/s from the daemon's `/metrics` counters over the window, CPU per
-//!   poll. Poll-start jitter is not exported by the daemon; `modbus_bench` measures it on
-//!   the poller alone.
+//!   poll, and poll-start jitter from the daemon's lateness histogram
+//!   (`parkguard_modbus_poll_lateness_seconds`, all devices) over the window: each quantile
+//!   is the upper bound of the bucket it falls in.
 
 use anyhow::{Context, Result, bail, ensure};
 use parkguard_drivers::modbus::sim::{self, SimDeviceSpec, SimKind};
@@ -307,6 +308,36 @@ impl Daemon {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(())
+    }
+
+    /// The cumulative buckets `(le, count)` of the Prometheus histogram `name` in
+    /// `/metrics` (`+Inf` as infinity), in the order exported.
+    async fn histogram(&self, name: &str) -> Result<Vec<(f64, f64)>> {
+        let text = self.metrics_text().await?;
+        let prefix = format!("{name}_bucket{{le=\"");
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                let (le, rest) = l.strip_prefix(&prefix)?.split_once("\"}")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, rest.trim().parse().ok()?))
+            })
+            .collect())
+    }
+
+    async fn metrics_text(&self) -> Result<String> {
+        Ok(reqwest::Client::new()
+            .get(format!("{}/metrics", self.api))
+            .bearer_auth(&self.token)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
     }
 
     /// Sum of every sample of the Prometheus counter `name` in `/metrics`.
@@ -1486,11 +1517,14 @@ async fn modbus(a: &Args, bin: &Path) -> Result<()> {
                     .await?,
         ))
     };
+    const LATENESS: &str = "parkguard_modbus_poll_lateness_seconds";
+    let late0 = daemon.histogram(LATENESS).await?;
     let s0 = sample().await?;
     let cpu_times0 = cpu_times();
     let threads0 = thread_stats(daemon.pid());
     tokio::time::sleep(Duration::from_secs(a.seconds)).await;
     let s1 = sample().await?;
+    let late1 = daemon.histogram(LATENESS).await?;
     let cpu_times1 = cpu_times();
     let threads1 = thread_stats(daemon.pid());
     let secs = s1.0.duration_since(s0.0).as_secs_f64();
@@ -1530,15 +1564,71 @@ async fn modbus(a: &Args, bin: &Path) -> Result<()> {
         }
         None => println!("no console connected (--console keeps an SSE stream open)"),
     }
-    println!("poll-start jitter: not exported by the daemon; see modbus_bench (poller alone)");
+    let window = histogram_delta(&late0, &late1);
+    let ms = |q: f64| match histogram_quantile(&window, q) {
+        Some(v) if v.is_finite() => format!("≤ {:.1} ms", v * 1e3),
+        Some(_) => "beyond the last bucket".to_string(),
+        None => "no polls".to_string(),
+    };
+    println!(
+        "poll-start jitter over the window (how late each scheduled poll started; the daemon's `{LATENESS}`, {:.0} polls, all devices): p50 {}, p99 {}, p99.9 {}",
+        window.last().map_or(0.0, |b| b.1),
+        ms(0.5),
+        ms(0.99),
+        ms(0.999)
+    );
     drop(child.stdin.take());
     let _ = child.wait();
     Ok(())
 }
 
+/// Per-bucket growth of a cumulative histogram between two reads (same buckets).
+fn histogram_delta(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    after
+        .iter()
+        .map(|&(le, n)| {
+            let was = before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
+            (le, n - was)
+        })
+        .collect()
+}
+
+/// The upper bound of the bucket of a cumulative histogram that holds quantile `q`
+/// (`None` when it is empty).
+fn histogram_quantile(cumulative: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = cumulative.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = (q * total).ceil().max(1.0);
+    cumulative.iter().find(|b| b.1 >= rank).map(|b| b.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The window's jitter is what the histogram gained during it, and a quantile is the
+    /// upper bound of the bucket it falls in.
+    #[test]
+    fn jitter_quantiles_come_from_the_window_of_a_cumulative_histogram() {
+        let inf = f64::INFINITY;
+        let before = [(0.001, 10.0), (0.005, 10.0), (0.05, 11.0), (inf, 11.0)];
+        // During the window: 98 polls within 1 ms, 1 within 5 ms, 1 beyond 50 ms.
+        let after = [(0.001, 108.0), (0.005, 109.0), (0.05, 110.0), (inf, 111.0)];
+        let w = histogram_delta(&before, &after);
+        assert_eq!(
+            w,
+            [(0.001, 98.0), (0.005, 99.0), (0.05, 99.0), (inf, 100.0)]
+        );
+        assert_eq!(histogram_quantile(&w, 0.5), Some(0.001));
+        assert_eq!(histogram_quantile(&w, 0.99), Some(0.005));
+        assert_eq!(histogram_quantile(&w, 0.999), Some(inf));
+        assert_eq!(
+            histogram_quantile(&histogram_delta(&after, &after), 0.5),
+            None
+        );
+    }
 
     fn status(vol: u64, pre: u64) -> String {
         format!(
