@@ -356,8 +356,12 @@ impl Linkage {
                 continue;
             };
             let routed = self.router.route(&n);
-            for refused in &routed.refused {
-                warn!(event = n.event_id, refused = ?refused, "notification refused by the router");
+            // A route may name production and drill channels side by side: each event
+            // goes to the kind that fits it and the others refuse it, by design (logged at
+            // debug by the router). Only an event that reaches no channel at all is worth a
+            // warning (e.g. a drill on a park without a drill channel).
+            if routed.channels.is_empty() && !routed.refused.is_empty() {
+                warn!(event = n.event_id, refused = ?routed.refused, "notification refused by every channel of its routes: it goes nowhere");
             }
             for a in &routed.channels {
                 outbox::enqueue(tx, a, &n, now).map_err(db_err)?;
