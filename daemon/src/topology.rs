@@ -285,8 +285,14 @@ pub async fn start_with(
     let mqtt_handover = MqttHandover {
         engine: engine_tx.clone(),
         spool: spool_tx.clone(),
+        stats: Arc::clone(&spool_stats),
     };
-    threads.push(spawn_recorder(readings_rx, engine_tx, spool_tx)?);
+    threads.push(spawn_recorder(
+        readings_rx,
+        engine_tx,
+        spool_tx,
+        Arc::clone(&spool_stats),
+    )?);
 
     // Sources.
     let metrics = Arc::new(ModbusMetrics::new(&cfg.modbus_plan));
@@ -475,6 +481,7 @@ fn spawn_recorder(
     mut rx: mpsc::Receiver<Vec<Reading>>,
     engine: mpsc::Sender<Vec<Reading>>,
     spool_tx: mpsc::Sender<SpoolWork>,
+    stats: Arc<SpoolStats>,
 ) -> Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("recorder".into())
@@ -494,24 +501,24 @@ fn spawn_recorder(
                     if engine.send(readings).await.is_err() {
                         warn!("engine task gone; recorder stops");
                         // Still archive what was received.
-                        let _ = spool_tx
-                            .send(SpoolWork {
+                        let _ = send_to_spool(
+                            &spool_tx,
+                            SpoolWork {
                                 readings: copy,
                                 done: None,
                                 acks: 0,
-                            })
-                            .await;
+                            },
+                            &stats,
+                        )
+                        .await;
                         break;
                     }
-                    if spool_tx
-                        .send(SpoolWork {
-                            readings: copy,
-                            done: None,
-                            acks: 0,
-                        })
-                        .await
-                        .is_err()
-                    {
+                    let work = SpoolWork {
+                        readings: copy,
+                        done: None,
+                        acks: 0,
+                    };
+                    if send_to_spool(&spool_tx, work, &stats).await.is_err() {
                         error!("spool writer gone; recorder stops");
                         break;
                     }
@@ -531,6 +538,31 @@ fn spawn_recorder(
 struct MqttHandover {
     engine: mpsc::Sender<Vec<Reading>>,
     spool: mpsc::Sender<SpoolWork>,
+    stats: Arc<SpoolStats>,
+}
+
+/// Queue `work` for the spool writer. When its queue is full (the disk is behind the
+/// input) wait, and count the wait in `stats` (`parkguard_spool_queue_full_wait_seconds_total`
+/// on `/metrics`): the source waits with it, and so does any alarm in its next messages,
+/// so a disk stall that delays alarms shows here. Errs when the writer is gone.
+async fn send_to_spool(
+    tx: &mpsc::Sender<SpoolWork>,
+    work: SpoolWork,
+    stats: &SpoolStats,
+) -> Result<(), HandoverClosed> {
+    use std::sync::atomic::Ordering::Relaxed;
+    match tx.try_send(work) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(HandoverClosed),
+        Err(mpsc::error::TrySendError::Full(work)) => {
+            let t = std::time::Instant::now();
+            let sent = tx.send(work).await.map_err(|_| HandoverClosed);
+            let waited = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+            stats.queue_full_waits.fetch_add(1, Relaxed);
+            stats.queue_full_wait_us.fetch_add(waited, Relaxed);
+            sent
+        }
+    }
 }
 
 impl Handover for MqttHandover {
@@ -545,14 +577,12 @@ impl Handover for MqttHandover {
             .send(readings)
             .await
             .map_err(|_| HandoverClosed)?;
-        self.spool
-            .send(SpoolWork {
-                readings: copy,
-                done: Some(done),
-                acks,
-            })
-            .await
-            .map_err(|_| HandoverClosed)?;
+        let work = SpoolWork {
+            readings: copy,
+            done: Some(done),
+            acks,
+        };
+        send_to_spool(&self.spool, work, &self.stats).await?;
         Ok(Some(rx))
     }
 }
@@ -760,6 +790,42 @@ mod tests {
 
     fn ids(r: &[Reading]) -> Vec<u32> {
         r.iter().map(|r| r.point.0).collect()
+    }
+
+    /// A hand-over into a spool queue with room goes through without counting; one into a
+    /// full queue waits until the writer takes a batch, and the wait is counted (the
+    /// back-pressure of a slow disk on the sources, `/metrics`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hand_over_that_waits_for_a_full_spool_queue_is_counted() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = SpoolStats::default();
+        let (tx, mut rx) = mpsc::channel(1);
+        let work = |n| SpoolWork {
+            readings: batch(n, 1),
+            done: None,
+            acks: 0,
+        };
+        send_to_spool(&tx, work(1), &stats).await.unwrap();
+        assert_eq!(stats.queue_full_waits.load(Relaxed), 0, "there was room");
+        // The queue is full; the "writer" takes a batch 50 ms later.
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let first = rx.recv().await.map(|w| ids(&w.readings));
+            (first, rx)
+        });
+        send_to_spool(&tx, work(2), &stats).await.unwrap();
+        let (first, mut rx) = writer.await.unwrap();
+        assert_eq!(first, Some(vec![1]));
+        assert_eq!(rx.recv().await.map(|w| ids(&w.readings)), Some(vec![2]));
+        assert_eq!(stats.queue_full_waits.load(Relaxed), 1);
+        let waited = stats.queue_full_wait_us.load(Relaxed);
+        assert!(
+            waited >= 40_000,
+            "waited {waited} µs for the writer's 50 ms"
+        );
+        // The writer is gone: an error, not a hang.
+        drop(rx);
+        assert!(send_to_spool(&tx, work(3), &stats).await.is_err());
     }
 
     /// The recorder takes what waits behind the first batch, in order, and stops once it

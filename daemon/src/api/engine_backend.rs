@@ -1180,6 +1180,18 @@ impl EngineBackend {
                 "Readings dropped by the bound or retention before InfluxDB confirmed them.",
                 s.readings_dropped_unsent.load(Relaxed),
             );
+            g(
+                out,
+                "parkguard_spool_queue_full_waits_total",
+                "counter",
+                "Hand-overs of readings that waited because the spool writer's queue was full (the disk behind the input; the source and its next alarms waited too).",
+                s.queue_full_waits.load(Relaxed),
+            );
+            let _ = writeln!(
+                out,
+                "# HELP parkguard_spool_queue_full_wait_seconds_total Time those hand-overs waited.\n# TYPE parkguard_spool_queue_full_wait_seconds_total counter\nparkguard_spool_queue_full_wait_seconds_total {}",
+                s.queue_full_wait_us.load(Relaxed) as f64 / 1e6
+            );
         }
         for (which, stats) in ["readings", "events"].iter().zip(&self.parts.influx) {
             let Some(s) = stats else { continue };

@@ -272,6 +272,11 @@ pub struct SpoolStats {
     /// Raised while appends fail (the last append failed); cleared by the next successful
     /// append. The daemon turns it into a system alarm.
     pub append_failing: AtomicBool,
+    /// Hand-overs that found the spool writer's queue full and waited (the disk was behind
+    /// the input): the source waited with them, and so did any alarm in its next messages.
+    pub queue_full_waits: AtomicU64,
+    /// Time those hand-overs waited, µs.
+    pub queue_full_wait_us: AtomicU64,
 }
 
 impl SpoolStats {

@@ -1206,6 +1206,16 @@ async fn mqtt(a: &Args, bin: &Path) -> Result<()> {
             .await?,
         dir_size(&dir_path.join("data").join("spool")) as f64 / (1 << 20) as f64
     );
+    println!(
+        "back-pressure of the disk since the daemon started: {:.0} hand-overs waited for the spool writer's full queue, {:.1} ms in all (parkguard_spool_queue_full_wait_seconds_total; the subscriber, and any alarm in its next messages, waited with them)",
+        daemon
+            .metric_sum("parkguard_spool_queue_full_waits_total")
+            .await?,
+        daemon
+            .metric_sum("parkguard_spool_queue_full_wait_seconds_total")
+            .await?
+            * 1e3
+    );
     let _ = probe.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), probe_pump).await;
     if a.keep {
