@@ -21,9 +21,10 @@
 //! - **journal** (`mpsc::Sender<Vec<Event>>`, bounded, optional): lossless. The engine
 //!   *waits* when it is full, because an alarm event that is not journalled must not be
 //!   announced. A stalled journal therefore stalls the engine and, through the readings
-//!   channel, the sources; that is the intended failure mode. Notifications must be driven
-//!   from the journal thread (which queues them in the transaction), never from the
-//!   broadcast.
+//!   channel, the sources; that is the intended failure mode. Notifications are queued by
+//!   the journal thread in the event's transaction (the at-least-once record); the task
+//!   itself only hands them to the linkage's channels early, as it raises them
+//!   ([`EngineTaskConfig::early`]), never through the broadcast.
 //! - **events** (`broadcast`, [`EngineTaskConfig::event_capacity`]): for SSE and live views.
 //!   Never blocks the engine: a receiver that falls behind loses the oldest events and gets
 //!   `RecvError::Lagged(n)` (it counts them) and must resynchronise from the snapshot.
@@ -113,6 +114,20 @@ pub struct EngineTaskConfig {
     /// The clock ticks read. Default: the system clock. (The engine itself never reads a
     /// clock; the task is where real time enters.)
     pub clock: fn() -> Timestamp,
+    /// The linkage, to hand notifications to its channels as the events are raised, before
+    /// they go to the journal ([`crate::linkage::wire::Linkage::dispatch_early`]). Default
+    /// none: notifications go by their outbox rows only.
+    pub early: Option<EarlyLinkage>,
+}
+
+/// The linkage as the engine task sees it: [`EngineTaskConfig::early`].
+#[derive(Clone)]
+pub struct EarlyLinkage(pub Arc<crate::linkage::wire::Linkage>);
+
+impl std::fmt::Debug for EarlyLinkage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EarlyLinkage")
+    }
 }
 
 impl Default for EngineTaskConfig {
@@ -122,6 +137,7 @@ impl Default for EngineTaskConfig {
             request_capacity: 64,
             event_capacity: 4096,
             clock: system_now,
+            early: None,
         }
     }
 }
@@ -230,6 +246,7 @@ pub fn spawn(
         spare: None,
         out: Vec::with_capacity(1024),
         clock: cfg.clock,
+        early: cfg.early,
     };
     let span = info_span!("engine", drill = drill.as_deref().unwrap_or(""));
     // A thread of its own with a current-thread runtime: on the shared runtime a reading
@@ -298,6 +315,7 @@ struct Task {
     spare: Option<Snapshot>,
     out: Vec<Event>,
     clock: fn() -> Timestamp,
+    early: Option<EarlyLinkage>,
 }
 
 impl Task {
@@ -416,6 +434,11 @@ impl Task {
             return;
         }
         let events = std::mem::take(&mut self.out);
+        // Linkage channels first: an alarm must not wait for the journal's fsyncs (the
+        // journal commits one batch after another; see `crate::linkage::wire`).
+        if let Some(l) = &self.early {
+            l.0.dispatch_early(&events);
+        }
         if let Some(j) = &self.journal {
             // `try_send` first: `send().await` spends the task's cooperative budget and,
             // once it is used up, yields even when the channel has room, so the events

@@ -268,6 +268,10 @@ pub async fn start_with(
     )?);
     let journal_weak = journal_tx.downgrade();
     let (engine_tx, engine_rx) = mpsc::channel::<Vec<Reading>>(READINGS_CAPACITY);
+    let mut task = task;
+    task.early = linkage
+        .as_ref()
+        .map(|l| engine_task::EarlyLinkage(Arc::clone(l)));
     let (mut handle, engine_join) = engine_task::spawn(engine, engine_rx, Some(journal_tx), task);
     handle.limits = Some(Arc::new(limits_at_start));
 
@@ -384,6 +388,7 @@ fn spawn_journal_writer(
                         Ok(()) => {
                             if let Some(l) = &linkage {
                                 l.wake(&woken);
+                                l.committed(&batch);
                             }
                             if let Some(n) = &committed {
                                 n.notify_one();

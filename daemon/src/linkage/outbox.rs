@@ -16,15 +16,18 @@
 //!   interrupted mid-flight is resent under the same key; receivers dedup on it).
 //! - **Back-pressure**: the table is the queue, bounded only by disk; the lead's journal
 //!   transaction never waits on delivery. [`channel_summaries`] reports the backlog.
-//! - **Early delivery** ([`run_worker_early`]): the journal thread may hand a notification
-//!   to the worker *before* its transaction is durable, so that an alarm does not wait for
-//!   two fsyncs (the journal commit and the worker's own batch bookkeeping: 2 × 3.5 ms at
-//!   the median on this project's disks, 50 ms and more at p99 when the spool syncs too).
-//!   The worker publishes it at once when nothing older of its group is pending (order per
-//!   enterprise holds) and the grouping window allows it; the outbox row, committed with
-//!   the journal record, stays the at-least-once record: when the worker later takes the
-//!   row it marks it delivered without sending it again. Why publishing before the commit
-//!   is safe: see [`crate::linkage::wire`] (a crash in between).
+//! - **Early delivery** ([`run_worker_early`]): the engine task hands a notification to
+//!   the worker as it raises the event, *before* the journal has it, so that an alarm does
+//!   not wait for the journal's fsyncs (its own and the previous batch's; 3.5 ms at the
+//!   median on this project's disks, up to 251 ms while the host's disk was saturated) nor
+//!   for the worker's own batch bookkeeping. The worker publishes it at once when nothing
+//!   older of its group is pending — neither a committed row nor one of the uncommitted
+//!   notifications the hand-over names ([`EarlyNote::before`]) that did not go early
+//!   itself — and the grouping window allows it, so order per enterprise holds; the
+//!   outbox row, committed with the journal record, stays the at-least-once record: when
+//!   the worker later takes the row it marks it delivered without sending it again. Why
+//!   publishing before the commit is safe: see [`crate::linkage::wire`] (a crash in
+//!   between).
 
 use super::group::{GroupHead, Grouping, Plan, plan};
 use super::route::Admitted;
@@ -181,7 +184,9 @@ pub fn open(path: &Path) -> Result<Connection, OutboxError> {
     Ok(conn)
 }
 
-fn group_key(n: &Notification) -> String {
+/// The group a notification's row belongs to: its enterprise (a drill's apart). Order is
+/// kept within a group.
+pub fn group_key(n: &Notification) -> String {
     match &n.drill {
         Some(d) => format!("drill:{d}:{}", n.enterprise),
         None => n.enterprise.clone(),
@@ -587,12 +592,34 @@ fn fnv1a(s: &str) -> u64 {
     })
 }
 
+/// A notification handed to a channel's worker ahead of its journal commit, with the
+/// notifications of its group on that channel that were raised before it and are not
+/// committed yet (`before`): their rows are not visible to the worker, so it would not
+/// know to wait for them. It publishes this one early only if every one of those went out
+/// early too, so that an alarm never overtakes an older one of its enterprise.
+#[derive(Clone, Debug)]
+pub struct EarlyNote {
+    /// The notification.
+    pub n: Notification,
+    /// Older notifications of its group on this channel not committed yet, by event id.
+    pub before: Vec<u64>,
+}
+
+impl From<Notification> for EarlyNote {
+    fn from(n: Notification) -> Self {
+        Self {
+            n,
+            before: Vec::new(),
+        }
+    }
+}
+
 /// Sends notifications to a channel's worker ahead of their journal commit (see the module
-/// docs). Back-pressure: the journal thread only ever `try_send`s; when the queue is full
-/// the notification is simply not sent early and its outbox row delivers it as usual.
-pub type EarlyTx = tokio::sync::mpsc::Sender<Notification>;
+/// docs). Back-pressure: the sender only ever `try_send`s; when the queue is full the
+/// notification is simply not sent early and its outbox row delivers it as usual.
+pub type EarlyTx = tokio::sync::mpsc::Sender<EarlyNote>;
 /// The worker's end of [`EarlyTx`].
-pub type EarlyRx = tokio::sync::mpsc::Receiver<Notification>;
+pub type EarlyRx = tokio::sync::mpsc::Receiver<EarlyNote>;
 /// Capacity of an early queue (notifications).
 pub const EARLY_CAPACITY: usize = 256;
 /// Most early-sent event ids a worker remembers while waiting for their rows (a row
@@ -713,10 +740,15 @@ async fn deliver_early<D: Deliver>(
     name: &str,
     cfg: &WorkerConfig,
     st: &mut WorkerState,
-    n: Notification,
+    early: EarlyNote,
     cancel: &CancellationToken,
 ) -> Result<(), OutboxError> {
+    let EarlyNote { n, before } = early;
     if n.drill.is_some() || st.early_sent.contains_key(&n.event_id) {
+        return Ok(());
+    }
+    if let Some(older) = before.iter().find(|e| !st.early_sent.contains_key(e)) {
+        debug!(channel = %name, event = n.event_id, older, "not sent early: an older notification of its group is neither committed nor sent early");
         return Ok(());
     }
     let key = group_key(&n);
@@ -751,7 +783,7 @@ async fn deliver_early<D: Deliver>(
     Ok(())
 }
 
-async fn recv_early(early: &mut Option<&mut EarlyRx>) -> Option<Notification> {
+async fn recv_early(early: &mut Option<&mut EarlyRx>) -> Option<EarlyNote> {
     match early {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -1058,7 +1090,7 @@ mod tests {
         };
 
         // 10: handed over, not committed yet → published at once.
-        early_tx.try_send(note(10, "E1")).unwrap();
+        early_tx.try_send(note(10, "E1").into()).unwrap();
         until("10 published ahead of its commit", || {
             rec.delivered() == [10]
         })
@@ -1085,9 +1117,9 @@ mod tests {
         commit_row(&mut conn, &note(11, "E1"));
         wake.notify_one();
         until("11 attempted", || rec.attempts.lock().unwrap().len() == 2).await;
-        early_tx.try_send(note(12, "E1")).unwrap();
+        early_tx.try_send(note(12, "E1").into()).unwrap();
         commit_row(&mut conn, &note(12, "E1"));
-        early_tx.try_send(note(20, "E2")).unwrap();
+        early_tx.try_send(note(20, "E2").into()).unwrap();
         until("20 published", || rec.delivered().contains(&20)).await;
         assert!(
             !rec.delivered().contains(&12),
@@ -1105,6 +1137,77 @@ mod tests {
         })
         .await;
         assert_eq!(rec.delivered(), [10, 20, 11, 12]);
+        cancel.cancel();
+        worker.await.unwrap();
+    }
+
+    /// Notifications handed over before the journal committed the older ones of their
+    /// group (the engine hands them over as they are raised, while the journal may be in a
+    /// slow fsync): one goes early only if every older uncommitted one of its group went
+    /// early too. Otherwise it waits for its row, behind the older one's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_early_note_does_not_overtake_an_older_uncommitted_one_of_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.sqlite");
+        let mut conn = open(&path).unwrap();
+        let rec = Arc::new(Recorder::default());
+        let wake = Arc::new(Notify::new());
+        let cancel = CancellationToken::new();
+        let (early_tx, mut early_rx) = tokio::sync::mpsc::channel(EARLY_CAPACITY);
+        let cfg = WorkerConfig {
+            grouping: Grouping {
+                window: Duration::ZERO,
+                max_batch: 20,
+            },
+            backoff_initial: Duration::from_millis(300),
+            backoff_max: Duration::from_millis(300),
+            poll: Duration::from_secs(1),
+        };
+        let worker = {
+            let (p, rec, wake, cancel) = (path.clone(), rec.clone(), wake.clone(), cancel.clone());
+            tokio::spawn(async move {
+                run_worker_early(p, rec, cfg, wake, &mut early_rx, cancel)
+                    .await
+                    .unwrap();
+            })
+        };
+        // 40 goes early; 41, raised after it before either was committed, may follow it.
+        early_tx.try_send(note(40, "E4").into()).unwrap();
+        early_tx
+            .try_send(EarlyNote {
+                n: note(41, "E4"),
+                before: vec![40],
+            })
+            .unwrap();
+        until("40 and 41 published early", || rec.delivered() == [40, 41]).await;
+        // 30 was not handed over (its queue was full) and is not committed; 31 of the same
+        // enterprise is handed over: it must wait. 50 of another enterprise goes at once.
+        early_tx
+            .try_send(EarlyNote {
+                n: note(31, "E3"),
+                before: vec![30],
+            })
+            .unwrap();
+        early_tx.try_send(note(50, "E5").into()).unwrap();
+        until("50 published", || rec.delivered().contains(&50)).await;
+        assert!(
+            !rec.delivered().contains(&31),
+            "31 overtook 30: {:?}",
+            rec.delivered()
+        );
+        // The journal commits: 30, then 31, go out from their rows, in order.
+        for (id, e) in [(40, "E4"), (41, "E4"), (50, "E5"), (30, "E3"), (31, "E3")] {
+            commit_row(&mut conn, &note(id, e));
+        }
+        wake.notify_one();
+        until("everything delivered", || {
+            channel_rows(&conn, "bus")
+                .unwrap()
+                .iter()
+                .all(|r| r.status == Status::Delivered)
+        })
+        .await;
+        assert_eq!(rec.delivered(), [40, 41, 50, 30, 31]);
         cancel.cancel();
         worker.await.unwrap();
     }

@@ -20,13 +20,20 @@
 //! Escalation runs on the wall clock, whatever the drill's speed: the people it reaches
 //! answer in real time.
 //!
-//! **Early delivery.** Inside the journal transaction, after its outbox rows are inserted
-//! and *before* the commit, [`Linkage::enqueue`] hands every real (non-drill) notification
-//! to its channel's worker ([`outbox::run_worker_early`]), which publishes it at once if
-//! its group is clear. An alarm thus reaches a linkage partner without waiting for the
-//! journal's fsync (3.5 ms at the median on this project's virtual disk, 50–100 ms at p99
-//! while the spool syncs too) nor for the worker's own bookkeeping commit. What a crash
-//! between the publish and the commit does:
+//! **Early delivery.** The engine task hands every real (non-drill) notification to its
+//! channels' workers ([`outbox::run_worker_early`]) the moment it raises the event, before
+//! it hands the event to the journal ([`Linkage::dispatch_early`]); the worker publishes it
+//! at once if its group is clear. An alarm thus reaches a linkage partner without waiting
+//! for the journal's fsync (3.5 ms at the median on this project's virtual disk, 50–100 ms
+//! at p99 while the spool syncs too), nor for the previous batch's fsync (the journal
+//! thread commits one batch after another: while the host's disk was saturated its fsyncs
+//! took up to 251 ms, and an alarm handed over inside its own transaction waited that long;
+//! issue #11), nor for the worker's own bookkeeping commit. Order per enterprise: rows of
+//! notifications not committed yet are invisible to the worker, so each hand-over carries
+//! the older uncommitted notifications of its group on that channel
+//! ([`outbox::EarlyNote::before`], kept until [`Linkage::committed`]), and the worker
+//! publishes it early only if all of those went early too. What a crash between the
+//! publish and the commit does:
 //! - The partner has the alarm; the journal does not. The engine restarts from the
 //!   journal, so the alarm is raised again by the next reading that is still beyond the
 //!   limit (MQTT readings not yet acknowledged are redelivered by the broker) and notified
@@ -85,6 +92,9 @@ pub struct Linkage {
     /// Drills running in this process ([`Linkage::drill_started`]): only their alarms
     /// escalate, and an escalation of a drill not in here ends at the next batch or tick.
     drills: Mutex<std::collections::HashSet<String>>,
+    /// Notifications handed over early and not committed yet, by (channel, group)
+    /// ([`Linkage::dispatch_early`], [`Linkage::committed`]).
+    in_flight: Mutex<HashMap<(String, String), std::collections::BTreeSet<u64>>>,
 }
 
 /// The escalator's key of an alarm: its id on the real path, `drill:{drill id}/{alarm id}`
@@ -306,6 +316,7 @@ impl Linkage {
                         pending_watermark: None,
                     }),
                     drills: Mutex::new(std::collections::HashSet::new()),
+                    in_flight: Mutex::new(HashMap::new()),
                     policies: policies.into_iter().map(|p| (p.name.clone(), p)).collect(),
                     early: HashMap::new(),
                 }
@@ -338,7 +349,6 @@ impl Linkage {
             info!(escalation = %key, "drill over: its escalation ends");
         }
         let mut woken = Vec::new();
-        let mut early: Vec<(&outbox::EarlyTx, Notification)> = Vec::new();
         for ev in events {
             if let Event::Alarm(a) = ev
                 && !matches!(
@@ -366,12 +376,6 @@ impl Linkage {
             for a in &routed.channels {
                 outbox::enqueue(tx, a, &n, now).map_err(db_err)?;
                 woken.push(a.channel().to_string());
-                if n.drill.is_none()
-                    && n.event_id <= state.watermark
-                    && let Some(q) = self.early.get(a.channel())
-                {
-                    early.push((q, n.clone()));
-                }
             }
             // Escalate unacknowledged alarms: real ones, and those of a drill still running
             // (under their own key).
@@ -420,11 +424,6 @@ impl Linkage {
             state.pending_watermark = Some(w);
         }
         state.pending = Some(esc);
-        // Everything of this transaction is written; hand the notifications over before
-        // the commit (see the module docs). A full queue only means "not early".
-        for (q, n) in early {
-            let _ = q.try_send(n);
-        }
         woken.sort();
         woken.dedup();
         Ok(woken)
@@ -503,6 +502,68 @@ impl Linkage {
             .iter()
             .map(|a| a.channel().to_string())
             .collect()
+    }
+
+    /// The engine raised `events` and is about to hand them to the journal: hand every real
+    /// notification among them to its channels' workers now (see the module docs), each
+    /// with the older notifications of its group on that channel not committed yet. Only
+    /// ids at or below the committed watermark go early (a restart never reuses them); the
+    /// others, and those whose queue is full, go by their outbox rows. Cheap when nothing
+    /// is annunciated: most batches carry no notification at all.
+    pub fn dispatch_early(&self, events: &[Event]) {
+        if self.early.is_empty() {
+            return;
+        }
+        let watermark = self
+            .escalation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .watermark;
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        for ev in events {
+            if event_drill(ev).is_some() {
+                continue;
+            }
+            let Some(n) = self.notification_of(ev) else {
+                continue;
+            };
+            for a in self.router.route(&n).channels {
+                let Some(q) = self.early.get(a.channel()) else {
+                    continue;
+                };
+                let waiting = in_flight
+                    .entry((a.channel().to_string(), outbox::group_key(&n)))
+                    .or_default();
+                let before: Vec<u64> = waiting.range(..n.event_id).copied().collect();
+                waiting.insert(n.event_id);
+                if n.event_id <= watermark {
+                    // A full queue only means "not early".
+                    let _ = q.try_send(outbox::EarlyNote {
+                        n: n.clone(),
+                        before,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The journal committed `events`: their rows are visible to the workers now, so they
+    /// no longer hold back the early hand-over of younger ones.
+    pub fn committed(&self, events: &[Event]) {
+        if self.early.is_empty() || events.is_empty() {
+            return;
+        }
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if in_flight.is_empty() {
+            return;
+        }
+        for ev in events {
+            let id = ev.id();
+            for waiting in in_flight.values_mut() {
+                waiting.remove(&id);
+            }
+        }
+        in_flight.retain(|_, w| !w.is_empty());
     }
 
     /// A drill started: its alarms escalate (to drill channels) until
@@ -882,6 +943,9 @@ mod tests {
         events: &[Event],
         commit: bool,
     ) -> Vec<u64> {
+        // The engine hands the notifications over as it raises them, then the journal
+        // thread runs its transaction.
+        l.dispatch_early(events);
         let records: Vec<_> = events.iter().map(record_of).collect();
         let mut woken = Vec::new();
         let r = j.append_with(&records, |tx| {
@@ -894,10 +958,39 @@ mod tests {
         });
         if r.is_ok() {
             l.wake(&woken);
+            l.committed(events);
         }
         std::iter::from_fn(|| rx.try_recv().ok())
-            .map(|n| n.event_id)
+            .map(|e| e.n.event_id)
             .collect()
+    }
+
+    /// The engine hands each notification over as it is raised, with the older ones of its
+    /// group on that channel the journal has not committed yet: the worker lets none
+    /// overtake them. Once committed they no longer hold anything back.
+    #[test]
+    fn a_hand_over_names_the_older_uncommitted_notifications_of_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.sqlite");
+        let mut j = Journal::open(&path).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(outbox::EARLY_CAPACITY);
+        let l = linkage(&path, tx);
+        // A first alarm, committed, puts a watermark in place.
+        assert!(journal(&mut j, &l, &mut rx, &[alarm(1)], true).is_empty());
+        // The journal is slow: 2 and 3 are raised before it commits either.
+        l.dispatch_early(&[alarm(2)]);
+        l.dispatch_early(&[alarm(3)]);
+        let got: Vec<(u64, Vec<u64>)> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| (e.n.event_id, e.before))
+            .collect();
+        assert_eq!(got, [(2, vec![]), (3, vec![2])]);
+        // Committed: 4 has nothing to wait for.
+        l.committed(&[alarm(2), alarm(3)]);
+        l.dispatch_early(&[alarm(4)]);
+        let got: Vec<(u64, Vec<u64>)> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| (e.n.event_id, e.before))
+            .collect();
+        assert_eq!(got, [(4, vec![])]);
     }
 
     /// Ids published ahead of their commit are always at or below the watermark that was
