@@ -800,7 +800,28 @@ async fn worker_loop<D: Deliver>(
 ) -> Result<(), OutboxError> {
     let name = channel.name().to_string();
     let db: Db = Arc::new(Mutex::new(open(&db_path)?));
+    // The early path's reads go through a connection of their own: in WAL mode they do not
+    // wait for the bookkeeping connection's commit, whose fsync took up to 72 ms while the
+    // host's disk was saturated (issue #11).
+    let rdb: Db = Arc::new(Mutex::new(open(&db_path)?));
     let mut st = WorkerState::default();
+    // Await a bookkeeping transaction while handing out the early notes that arrive
+    // meanwhile: an alarm does not queue behind the worker's own commits.
+    macro_rules! serving_early {
+        ($work:expr) => {{
+            let work = $work;
+            tokio::pin!(work);
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut work => break r,
+                    Some(n) = recv_early(&mut early) => {
+                        deliver_early(&rdb, &channel, &name, &cfg, &mut st, n, &cancel).await?;
+                    }
+                }
+            }
+        }};
+    }
     info!(channel = %name, "outbox worker started");
     loop {
         if cancel.is_cancelled() {
@@ -809,18 +830,19 @@ async fn worker_loop<D: Deliver>(
         }
         // Notifications ahead of their commit first: they are the newest alarms.
         while let Some(n) = early.as_mut().and_then(|rx| rx.try_recv().ok()) {
-            deliver_early(&db, &channel, &name, &cfg, &mut st, n, &cancel).await?;
+            deliver_early(&rdb, &channel, &name, &cfg, &mut st, n, &cancel).await?;
         }
         let now = wall_now();
         let ch = name.clone();
-        let hs = with_db(&db, move |c| heads(c, &ch)).await?;
+        let hs = serving_early!(with_db(&db, move |c| heads(c, &ch)))?;
         let wait = match plan(&hs, &st.last_sent, &cfg.grouping, now) {
             Plan::Send(key) => {
                 let ch = name.clone();
                 let k = key.clone();
                 let max = cfg.grouping.max_batch;
-                let (batch_id, rows) =
-                    with_db(&db, move |c| retry_busy(|| take_batch(c, &ch, &k, max))).await?;
+                let (batch_id, rows) = serving_early!(with_db(&db, move |c| retry_busy(|| {
+                    take_batch(c, &ch, &k, max)
+                })))?;
                 if rows.is_empty() {
                     continue;
                 }
@@ -843,7 +865,7 @@ async fn worker_loop<D: Deliver>(
                     let receipt = format!("early: {}", receipts.join("; "));
                     let done = wall_now();
                     debug!(channel = %name, batch = batch_id, events = seqs.len(), "already delivered ahead of the journal commit");
-                    with_db(&db, move |c| {
+                    serving_early!(with_db(&db, move |c| {
                         retry_busy(|| {
                             mark(
                                 c,
@@ -855,8 +877,7 @@ async fn worker_loop<D: Deliver>(
                                 Some(&receipt),
                             )
                         })
-                    })
-                    .await?;
+                    }))?;
                     continue;
                 }
                 let mut seqs = Vec::with_capacity(rows.len());
@@ -890,7 +911,7 @@ async fn worker_loop<D: Deliver>(
                         st.backoffs.remove(&key);
                         st.last_sent.insert(key, done);
                         let receipt = d.receipt;
-                        with_db(&db, move |c| {
+                        serving_early!(with_db(&db, move |c| {
                             retry_busy(|| {
                                 mark(
                                     c,
@@ -902,8 +923,7 @@ async fn worker_loop<D: Deliver>(
                                     Some(&receipt),
                                 )
                             })
-                        })
-                        .await?;
+                        }))?;
                     }
                     Err(e) if e.is_retryable() => {
                         let delay = st
@@ -919,7 +939,7 @@ async fn worker_loop<D: Deliver>(
                             .next_delay();
                         warn!(channel = %name, batch = batch_id, error = %e, retry_in_ms = delay.as_millis() as u64, "delivery failed, will retry");
                         let msg = e.to_string();
-                        with_db(&db, move |c| {
+                        serving_early!(with_db(&db, move |c| {
                             retry_busy(|| {
                                 mark(
                                     c,
@@ -931,19 +951,17 @@ async fn worker_loop<D: Deliver>(
                                     None,
                                 )
                             })
-                        })
-                        .await?;
+                        }))?;
                     }
                     Err(e) => {
                         st.backoffs.remove(&key);
                         error!(channel = %name, batch = batch_id, error = %e, "delivery failed permanently");
                         let msg = e.to_string();
-                        with_db(&db, move |c| {
+                        serving_early!(with_db(&db, move |c| {
                             retry_busy(|| {
                                 mark(c, &seqs, Status::Failed, done, done, Some(&msg), None)
                             })
-                        })
-                        .await?;
+                        }))?;
                     }
                 }
                 continue;
@@ -955,7 +973,7 @@ async fn worker_loop<D: Deliver>(
             () = tokio::time::sleep(wait) => {}
             () = wake.notified() => {}
             Some(n) = recv_early(&mut early) => {
-                deliver_early(&db, &channel, &name, &cfg, &mut st, n, &cancel).await?;
+                deliver_early(&rdb, &channel, &name, &cfg, &mut st, n, &cancel).await?;
             }
             () = cancel.cancelled() => {}
         }
@@ -1137,6 +1155,64 @@ mod tests {
         })
         .await;
         assert_eq!(rec.delivered(), [10, 20, 11, 12]);
+        cancel.cancel();
+        worker.await.unwrap();
+    }
+
+    /// An early note that arrives while the worker's own bookkeeping transaction waits for
+    /// the disk (here: for a write lock another connection holds, as a slow fsync would) is
+    /// published at once, not after that transaction.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_early_note_does_not_wait_for_the_workers_own_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.sqlite");
+        let mut conn = open(&path).unwrap();
+        let rec = Arc::new(Recorder::default());
+        let wake = Arc::new(Notify::new());
+        let cancel = CancellationToken::new();
+        let (early_tx, mut early_rx) = tokio::sync::mpsc::channel(EARLY_CAPACITY);
+        let cfg = WorkerConfig {
+            grouping: Grouping {
+                window: Duration::ZERO,
+                max_batch: 20,
+            },
+            backoff_initial: Duration::from_millis(300),
+            backoff_max: Duration::from_millis(300),
+            poll: Duration::from_secs(1),
+        };
+        let worker = {
+            let (p, rec, wake, cancel) = (path.clone(), rec.clone(), wake.clone(), cancel.clone());
+            tokio::spawn(async move {
+                run_worker_early(p, rec, cfg, wake, &mut early_rx, cancel)
+                    .await
+                    .unwrap();
+            })
+        };
+        // Row 10 is committed; then the disk "stalls": another connection holds the write
+        // lock, so the worker's transaction taking row 10 into a batch cannot commit.
+        commit_row(&mut conn, &note(10, "E1"));
+        let mut stall = open(&path).unwrap();
+        let held = stall
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        wake.notify_one();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            rec.delivered().is_empty(),
+            "row 10 went out through a held lock"
+        );
+        // An alarm of another enterprise is handed over meanwhile: it goes out now.
+        early_tx.try_send(note(20, "E2").into()).unwrap();
+        until("20 published while the worker's transaction waits", || {
+            rec.delivered() == [20]
+        })
+        .await;
+        // The disk is back: row 10 goes out.
+        held.commit().unwrap();
+        until("10 delivered after the stall", || {
+            rec.delivered() == [20, 10]
+        })
+        .await;
         cancel.cancel();
         worker.await.unwrap();
     }
