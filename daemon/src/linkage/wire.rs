@@ -95,6 +95,10 @@ pub struct Linkage {
     /// Notifications handed over early and not committed yet, by (channel, group)
     /// ([`Linkage::dispatch_early`], [`Linkage::committed`]).
     in_flight: Mutex<HashMap<(String, String), std::collections::BTreeSet<u64>>>,
+    /// The committed watermark, for [`Linkage::dispatch_early`]: read without the
+    /// escalation lock, which the journal thread holds through its transaction's writes
+    /// (and those writes sleep in the kernel when the disk is saturated).
+    committed_watermark: std::sync::atomic::AtomicU64,
 }
 
 /// The escalator's key of an alarm: its id on the real path, `drill:{drill id}/{alarm id}`
@@ -317,6 +321,7 @@ impl Linkage {
                     }),
                     drills: Mutex::new(std::collections::HashSet::new()),
                     in_flight: Mutex::new(HashMap::new()),
+                    committed_watermark: std::sync::atomic::AtomicU64::new(watermark),
                     policies: policies.into_iter().map(|p| (p.name.clone(), p)).collect(),
                     early: HashMap::new(),
                 }
@@ -515,10 +520,8 @@ impl Linkage {
             return;
         }
         let watermark = self
-            .escalation
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .watermark;
+            .committed_watermark
+            .load(std::sync::atomic::Ordering::Acquire);
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         for ev in events {
             if event_drill(ev).is_some() {
@@ -657,6 +660,8 @@ impl Linkage {
             }
             if let Some(w) = state.pending_watermark.take() {
                 state.watermark = state.watermark.max(w);
+                self.committed_watermark
+                    .store(state.watermark, std::sync::atomic::Ordering::Release);
             }
         }
         for c in channels {
