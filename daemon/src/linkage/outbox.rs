@@ -497,12 +497,19 @@ fn retry_busy<T>(mut f: impl FnMut() -> Result<T, OutboxError>) -> Result<T, Out
     }
 }
 
-/// Fix (if new) and load the next batch of `key`: rows in queue order.
+/// Fix (if new) and load the next batch of `key`: rows in queue order. `early`: event ids
+/// this worker published ahead of their commit. A new batch is the pending rows up to the
+/// first that differs from the head in having gone out early: a batch's key is its head's
+/// event id, so a batch headed by an early-sent row reuses that message's key and must
+/// hold only rows that went out early with it (it is marked delivered, nothing is sent);
+/// a receiver that deduplicates on the key would otherwise drop the rows that did not go
+/// early. (They get a batch, and a key, of their own.)
 fn take_batch(
     conn: &mut Connection,
     channel: &str,
     key: &str,
     max_batch: usize,
+    early: &std::collections::HashSet<u64>,
 ) -> Result<(u64, Vec<BatchRow>), OutboxError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let head: Option<(i64, i64, Option<i64>)> = tx
@@ -521,13 +528,25 @@ fn take_batch(
     let batch = match head_batch {
         Some(b) => b,
         None => {
-            tx.prepare_cached(
-                "UPDATE outbox SET batch = ?3 WHERE seq IN (
-                    SELECT seq FROM outbox
-                    WHERE channel = ?1 AND group_key = ?2 AND status = 'pending' AND batch IS NULL
-                    ORDER BY seq LIMIT ?4)",
-            )?
-            .execute(params![channel, key, head_event, max_batch.max(1) as i64])?;
+            let candidates: Vec<(i64, u64)> = tx
+                .prepare_cached(
+                    "SELECT seq, event_id FROM outbox
+                     WHERE channel = ?1 AND group_key = ?2 AND status = 'pending'
+                       AND batch IS NULL
+                     ORDER BY seq LIMIT ?3",
+                )?
+                .query_map(params![channel, key, max_batch.max(1) as i64], |r| {
+                    Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+                })?
+                .collect::<Result<_, _>>()?;
+            let head_early = early.contains(&(head_event as u64));
+            let mut fix = tx.prepare_cached("UPDATE outbox SET batch = ?2 WHERE seq = ?1")?;
+            for (seq, _) in candidates
+                .iter()
+                .take_while(|(_, e)| early.contains(e) == head_early)
+            {
+                fix.execute(params![seq, head_event])?;
+            }
             head_event
         }
     };
@@ -840,8 +859,10 @@ async fn worker_loop<D: Deliver>(
                 let ch = name.clone();
                 let k = key.clone();
                 let max = cfg.grouping.max_batch;
+                let early_ids: std::collections::HashSet<u64> =
+                    st.early_sent.keys().copied().collect();
                 let (batch_id, rows) = serving_early!(with_db(&db, move |c| retry_busy(|| {
-                    take_batch(c, &ch, &k, max)
+                    take_batch(c, &ch, &k, max, &early_ids)
                 })))?;
                 if rows.is_empty() {
                     continue;
@@ -1178,7 +1199,8 @@ mod tests {
             },
             backoff_initial: Duration::from_millis(300),
             backoff_max: Duration::from_millis(300),
-            poll: Duration::from_secs(1),
+            // Woken only when the test says so: nothing takes row 10 before the lock.
+            poll: Duration::from_secs(600),
         };
         let worker = {
             let (p, rec, wake, cancel) = (path.clone(), rec.clone(), wake.clone(), cancel.clone());
@@ -1188,8 +1210,10 @@ mod tests {
                     .unwrap();
             })
         };
-        // Row 10 is committed; then the disk "stalls": another connection holds the write
-        // lock, so the worker's transaction taking row 10 into a batch cannot commit.
+        // The worker has looked at the empty table and waits. Row 10 is committed; then
+        // the disk "stalls": another connection holds the write lock, so the worker's
+        // transaction taking row 10 into a batch cannot commit.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         commit_row(&mut conn, &note(10, "E1"));
         let mut stall = open(&path).unwrap();
         let held = stall
@@ -1288,6 +1312,50 @@ mod tests {
         worker.await.unwrap();
     }
 
+    /// A batch's key is its head's event id. A row that went out early went under that
+    /// key already, so a batch it heads holds only rows that went out early too (marked
+    /// delivered, nothing sent); the others get a batch and a key of their own, or a
+    /// receiver deduplicating on the key would drop them. (With the grouping window, an
+    /// alarm right after an early-sent one of its enterprise waits in the table, and both
+    /// rows are taken together when the window ends.)
+    #[test]
+    fn a_batch_headed_by_an_early_sent_row_holds_only_early_sent_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.sqlite");
+        let mut conn = open(&path).unwrap();
+        // 10 went out early; 11 (within the grouping window) and 12 did not; 13 did.
+        for id in [10, 11, 12, 13] {
+            commit_row(&mut conn, &note(id, "E1"));
+        }
+        let early: std::collections::HashSet<u64> = [10, 13].into();
+        let ids = |rows: &[BatchRow]| -> Vec<u64> {
+            rows.iter()
+                .map(|(_, n)| n.as_ref().unwrap().event_id)
+                .collect()
+        };
+        let done = |conn: &mut Connection, rows: &[BatchRow]| {
+            let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
+            let t = Timestamp::from_millis(1);
+            mark(conn, &seqs, Status::Delivered, t, t, None, Some("ok")).unwrap();
+        };
+        // Under key 10 only what went out under key 10: the early-sent row.
+        let (key, rows) = take_batch(&mut conn, "bus", "E1", 20, &early).unwrap();
+        assert_eq!((key, ids(&rows)), (10, vec![10]));
+        done(&mut conn, &rows);
+        // 11 and 12 under a key of their own (13 went early: not sent again).
+        let (key, rows) = take_batch(&mut conn, "bus", "E1", 20, &early).unwrap();
+        assert_eq!((key, ids(&rows)), (11, vec![11, 12]));
+        done(&mut conn, &rows);
+        let (key, rows) = take_batch(&mut conn, "bus", "E1", 20, &early).unwrap();
+        assert_eq!((key, ids(&rows)), (13, vec![13]));
+        // Without early rows the batch takes all pending rows, as before.
+        for id in [20, 21] {
+            commit_row(&mut conn, &note(id, "E2"));
+        }
+        let (key, rows) = take_batch(&mut conn, "bus", "E2", 20, &Default::default()).unwrap();
+        assert_eq!((key, ids(&rows)), (20, vec![20, 21]));
+    }
+
     /// The journal writer commits while the worker fixes a batch. A deferred transaction
     /// that reads, then writes, got busy at once from SQLite (no busy timeout: its read
     /// snapshot was stale); the worker's transactions now begin IMMEDIATE (the write lock
@@ -1317,8 +1385,9 @@ mod tests {
         while !writer.is_finished() || rounds == 0 {
             rounds += 1;
             for key in ["E0", "E1", "E2"] {
-                let (_, rows) = retry_busy(|| take_batch(&mut worker, "bus", key, 20))
-                    .unwrap_or_else(|e| panic!("round {rounds}: {e}"));
+                let (_, rows) =
+                    retry_busy(|| take_batch(&mut worker, "bus", key, 20, &Default::default()))
+                        .unwrap_or_else(|e| panic!("round {rounds}: {e}"));
                 let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
                 taken += seqs.len();
                 retry_busy(|| {
