@@ -53,8 +53,13 @@ fn policy() -> Policy {
 }
 
 fn linkage(path: &Path) -> Linkage {
+    linkage_routing_to(path, &["enterprise-duty"])
+}
+
+/// A linkage whose one route (policy "standard") names `channels`.
+fn linkage_routing_to(path: &Path, channels: &[&str]) -> Linkage {
     let route: RouteConfig = serde_json::from_value(serde_json::json!({
-        "channels": ["enterprise-duty"], "escalation": "standard"
+        "channels": channels, "escalation": "standard"
     }))
     .unwrap();
     let route = route.validate(0, &flags(), &["standard".into()]).unwrap();
@@ -109,20 +114,7 @@ fn drill_event(id: u64, drill: &str, kind: EventKind, to: AlarmState, t: Timesta
 
 /// A linkage whose route also names the drill room (drill events go there only).
 fn linkage_with_drill_room(path: &Path) -> Linkage {
-    let route: RouteConfig = serde_json::from_value(serde_json::json!({
-        "channels": ["enterprise-duty", "drill-room"], "escalation": "standard"
-    }))
-    .unwrap();
-    let route = route.validate(0, &flags(), &["standard".into()]).unwrap();
-    Linkage::new(
-        Router::new(vec![route], flags()),
-        vec![policy()],
-        HashMap::new(),
-        Arc::new(PointTable::new(Vec::new()).unwrap()),
-        HashMap::from([("E001".to_string(), "甲化工".to_string())]),
-        path,
-    )
-    .unwrap()
+    linkage_routing_to(path, &["enterprise-duty", "drill-room"])
 }
 
 /// What the journal thread does with one batch (an empty batch is a tick).

@@ -1097,15 +1097,17 @@ mod tests {
         }
     }
 
-    /// Early delivery: a notification handed over before its row is committed goes out at
-    /// once, and its row, once committed, is marked delivered without a second send. While
-    /// an older row of the same enterprise is pending (here: being retried), a newer
-    /// notification does not overtake it; another enterprise is not held up.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn early_delivery_goes_before_the_commit_and_keeps_the_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal.sqlite");
-        let mut conn = open(&path).unwrap();
+    /// A worker with an early queue on the database at `path` (no grouping window, 300 ms
+    /// retries, polling the table every `poll`), delivering to a [`Recorder`].
+    struct EarlyWorker {
+        rec: Arc<Recorder>,
+        wake: Arc<Notify>,
+        cancel: CancellationToken,
+        early_tx: EarlyTx,
+        worker: tokio::task::JoinHandle<()>,
+    }
+
+    fn early_worker(path: &Path, poll: Duration) -> EarlyWorker {
         let rec = Arc::new(Recorder::default());
         let wake = Arc::new(Notify::new());
         let cancel = CancellationToken::new();
@@ -1117,16 +1119,46 @@ mod tests {
             },
             backoff_initial: Duration::from_millis(300),
             backoff_max: Duration::from_millis(300),
-            poll: Duration::from_secs(1),
+            poll,
         };
         let worker = {
-            let (p, rec, wake, cancel) = (path.clone(), rec.clone(), wake.clone(), cancel.clone());
+            let (p, rec, wake, cancel) = (
+                path.to_path_buf(),
+                rec.clone(),
+                wake.clone(),
+                cancel.clone(),
+            );
             tokio::spawn(async move {
                 run_worker_early(p, rec, cfg, wake, &mut early_rx, cancel)
                     .await
                     .unwrap();
             })
         };
+        EarlyWorker {
+            rec,
+            wake,
+            cancel,
+            early_tx,
+            worker,
+        }
+    }
+
+    /// Early delivery: a notification handed over before its row is committed goes out at
+    /// once, and its row, once committed, is marked delivered without a second send. While
+    /// an older row of the same enterprise is pending (here: being retried), a newer
+    /// notification does not overtake it; another enterprise is not held up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn early_delivery_goes_before_the_commit_and_keeps_the_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.sqlite");
+        let mut conn = open(&path).unwrap();
+        let EarlyWorker {
+            rec,
+            wake,
+            cancel,
+            early_tx,
+            worker,
+        } = early_worker(&path, Duration::from_secs(1));
 
         // 10: handed over, not committed yet → published at once.
         early_tx.try_send(note(10, "E1").into()).unwrap();
@@ -1188,28 +1220,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.sqlite");
         let mut conn = open(&path).unwrap();
-        let rec = Arc::new(Recorder::default());
-        let wake = Arc::new(Notify::new());
-        let cancel = CancellationToken::new();
-        let (early_tx, mut early_rx) = tokio::sync::mpsc::channel(EARLY_CAPACITY);
-        let cfg = WorkerConfig {
-            grouping: Grouping {
-                window: Duration::ZERO,
-                max_batch: 20,
-            },
-            backoff_initial: Duration::from_millis(300),
-            backoff_max: Duration::from_millis(300),
-            // Woken only when the test says so: nothing takes row 10 before the lock.
-            poll: Duration::from_secs(600),
-        };
-        let worker = {
-            let (p, rec, wake, cancel) = (path.clone(), rec.clone(), wake.clone(), cancel.clone());
-            tokio::spawn(async move {
-                run_worker_early(p, rec, cfg, wake, &mut early_rx, cancel)
-                    .await
-                    .unwrap();
-            })
-        };
+        // Woken only when the test says so: nothing takes row 10 before the lock.
+        let EarlyWorker {
+            rec,
+            wake,
+            cancel,
+            early_tx,
+            worker,
+        } = early_worker(&path, Duration::from_secs(600));
         // The worker has looked at the empty table and waits. Row 10 is committed; then
         // the disk "stalls": another connection holds the write lock, so the worker's
         // transaction taking row 10 into a batch cannot commit.
@@ -1250,27 +1268,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.sqlite");
         let mut conn = open(&path).unwrap();
-        let rec = Arc::new(Recorder::default());
-        let wake = Arc::new(Notify::new());
-        let cancel = CancellationToken::new();
-        let (early_tx, mut early_rx) = tokio::sync::mpsc::channel(EARLY_CAPACITY);
-        let cfg = WorkerConfig {
-            grouping: Grouping {
-                window: Duration::ZERO,
-                max_batch: 20,
-            },
-            backoff_initial: Duration::from_millis(300),
-            backoff_max: Duration::from_millis(300),
-            poll: Duration::from_secs(1),
-        };
-        let worker = {
-            let (p, rec, wake, cancel) = (path.clone(), rec.clone(), wake.clone(), cancel.clone());
-            tokio::spawn(async move {
-                run_worker_early(p, rec, cfg, wake, &mut early_rx, cancel)
-                    .await
-                    .unwrap();
-            })
-        };
+        let EarlyWorker {
+            rec,
+            wake,
+            cancel,
+            early_tx,
+            worker,
+        } = early_worker(&path, Duration::from_secs(1));
         // 40 goes early; 41, raised after it before either was committed, may follow it.
         early_tx.try_send(note(40, "E4").into()).unwrap();
         early_tx
